@@ -1,9 +1,10 @@
 """Oracle training: AdamW, linear warm-up and decay, clipping, accumulation, progress, callbacks.
 
 The trainer takes batches of :class:`OracleExample` and knows nothing about where they came
-from. Each step reads the target activations on the fly from the oracle's own base model
-(adapter off, no grad, stopping after the deepest read layer), then trains the adapter on the
-injected oracle prompts.
+from. Each step gets the examples' activation vectors from a :data:`VectorReader` and trains the
+adapter on the injected oracle prompts. The default reader runs the oracle's own base model
+(adapter off, no grad, stopping after the deepest read layer); :func:`target_reader` reads a
+separate target model instead.
 """
 
 from __future__ import annotations
@@ -26,17 +27,19 @@ from lens_oracle.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from lens_oracle.config import TrainConfig
+from lens_oracle.config import Site, TrainConfig
 from lens_oracle.data.example import OracleExample
 from lens_oracle.data.mixture import length_grouped_batches
 from lens_oracle.errors import ArtifactError, ConfigError, DataError, TrainingError
-from lens_oracle.models import clean_key
+from lens_oracle.models import LoadedModel, clean_key
 from lens_oracle.oracle import ActivationOracle
 
 log = logging.getLogger(__name__)
 
 Batch = Sequence[OracleExample]
 EvalCallback = Callable[[int, ActivationOracle], dict[str, float] | None]
+VectorReader = Callable[[Batch], list[torch.Tensor]]
+"""Gives each example's ``[n_positions, d]`` activation vectors (no grad)."""
 
 
 @dataclass
@@ -51,16 +54,35 @@ class TrainResult:
         return len(self.losses)
 
 
-def batch_loss(oracle: ActivationOracle, examples: Batch) -> torch.Tensor:
-    """Loss of one batch: read target activations (adapter off), then the injected oracle pass."""
-    with oracle.adapter_disabled() as base:
-        vectors = read_vectors(
-            base,
+def target_reader(model: LoadedModel, site: Site = "resid_post") -> VectorReader:
+    """Read the examples' vectors from ``model`` as it is, in one batched pass."""
+
+    def read(examples: Batch) -> list[torch.Tensor]:
+        return read_vectors(
+            model,
             [ex.context_ids for ex in examples],
             [ex.positions for ex in examples],
             [ex.layer for ex in examples],
-            site=oracle.config.read_site,
+            site=site,
         )
+
+    return read
+
+
+def self_reader(oracle: ActivationOracle) -> VectorReader:
+    """Read the examples' vectors from the oracle's own base model, adapter switched off."""
+
+    def read(examples: Batch) -> list[torch.Tensor]:
+        with oracle.adapter_disabled() as base:
+            return target_reader(base, oracle.config.read_site)(examples)
+
+    return read
+
+
+def batch_loss(oracle: ActivationOracle, examples: Batch, reader: VectorReader | None = None) -> torch.Tensor:
+    """Loss of one batch: the examples' vectors from ``reader`` (default :func:`self_reader`),
+    then the injected oracle pass."""
+    vectors = (reader or self_reader(oracle))(examples)
     batch = oracle.encode(
         vectors, [ex.layer for ex in examples], [ex.question for ex in examples],
         [ex.answer for ex in examples],
@@ -77,8 +99,11 @@ class Trainer:
         config: TrainConfig,
         *,
         on_eval: EvalCallback | None = None,
-        loss_fn: Callable[[ActivationOracle, Batch], torch.Tensor] = batch_loss,
+        loss_fn: Callable[[ActivationOracle, Batch], torch.Tensor] | None = None,
+        reader: VectorReader | None = None,
     ) -> None:
+        """``reader`` supplies the vectors (default: the oracle's own base model, adapter off);
+        ``loss_fn`` replaces the whole per-batch loss (tests use it to inject failures)."""
         if not oracle.model.has_adapter:
             raise TrainingError("the oracle has no adapter to train; create it with an AdapterConfig")
         params = oracle.model.trainable_parameters()
@@ -87,7 +112,8 @@ class Trainer:
         self.oracle = oracle
         self.config = config
         self.on_eval = on_eval
-        self.loss_fn = loss_fn
+        self.reader = reader or self_reader(oracle)
+        self.loss_fn = loss_fn or (lambda o, batch: batch_loss(o, batch, self.reader))
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
@@ -225,10 +251,12 @@ def train_oracle(
     on_eval: EvalCallback | None = None,
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
+    reader: VectorReader | None = None,
 ) -> TrainResult:
     """Train ``oracle`` on ``examples`` with length-grouped batches (the common path).
 
-    See :meth:`Trainer.fit` for checkpointing and resuming.
+    ``reader`` supplies the activation vectors (default: the oracle's own base model with the
+    adapter off). See :meth:`Trainer.fit` for checkpointing and resuming.
     """
     config = config or TrainConfig()
     if not examples:
@@ -240,4 +268,5 @@ def train_oracle(
                 f"{oracle.config.n_layers} blocks"
             )
     batches = length_grouped_batches(examples, config.batch_size, config.seed)
-    return Trainer(oracle, config, on_eval=on_eval).fit(batches, checkpoint_dir=checkpoint_dir, resume=resume)
+    trainer = Trainer(oracle, config, on_eval=on_eval, reader=reader)
+    return trainer.fit(batches, checkpoint_dir=checkpoint_dir, resume=resume)
