@@ -206,8 +206,8 @@ def test_build_with_examples_component_hf_source_and_preview(files, monkeypatch,
     rows = [{"sentence": "the film was great .", "label": 1}, {"sentence": "the show was bad .", "label": 0}]
     calls = []
 
-    def fake_load(name, split="train", **kwargs):
-        calls.append((name, split, kwargs))
+    def fake_load(path, split="train", **kwargs):
+        calls.append((path, split, kwargs))
         return rows
 
     monkeypatch.setattr(sources, "load_hf_dataset", fake_load)
@@ -218,7 +218,7 @@ def test_build_with_examples_component_hf_source_and_preview(files, monkeypatch,
         "components": [
             {"name": "earlier", "builder": "examples", "source": "earlier.jsonl", "size": 5},
             {"name": "sst2", "builder": "classification",
-             "hf_dataset": {"name": "stanfordnlp/sst2", "split": "validation"},
+             "hf_dataset": {"path": "glue", "name": "sst2", "split": "validation"},
              "config": {"kind": "sentiment", "text_field": "sentence",
                         "labels": ["negative", "positive"]}},
         ],
@@ -230,7 +230,7 @@ def test_build_with_examples_component_hf_source_and_preview(files, monkeypatch,
     assert run(["data", "build", "--spec", str(path), "--out", str(out_file),
                 "--tokenizer", str(files["tokenizer"]), "--preview", "2"]) == 0
     out = capsys.readouterr().out
-    assert calls == [("stanfordnlp/sst2", "validation", {})]
+    assert calls == [("glue", "validation", {"name": "sst2"})]
     examples = list(read_jsonl(out_file))
     assert Counter(e.meta["component"] for e in examples) == {"earlier": 5, "sst2": 2}
     sst2 = [e for e in examples if e.meta["component"] == "sst2"]

@@ -256,8 +256,11 @@ def _describe(source: DataSource) -> str:
     return type(source).__name__
 
 
-def load_hf_dataset(name: str, split: str = "train", **kwargs: Any) -> Any:
-    """Load a Hugging Face dataset: ``datasets.load_dataset(name, split=split, **kwargs)``.
+def load_hf_dataset(path: str, split: str = "train", **kwargs: Any) -> Any:
+    """Load a Hugging Face dataset: ``datasets.load_dataset(path, split=split, **kwargs)``.
+
+    ``path`` is the dataset (hub id or local folder); a dataset's configuration goes in
+    ``name=`` as in ``datasets`` (e.g. ``load_hf_dataset("glue", name="sst2")``).
 
     A thin convenience for users with network access or a local HF cache (set
     ``HF_DATASETS_OFFLINE=1`` to use the cache only). ``datasets`` is imported here, lazily.
@@ -273,9 +276,9 @@ def load_hf_dataset(name: str, split: str = "train", **kwargs: Any) -> Any:
             "loading HF datasets needs the 'datasets' package: pip install 'lens-oracle[data]'"
         ) from exc
     try:
-        return datasets.load_dataset(name, split=split, **kwargs)
+        return datasets.load_dataset(path, split=split, **kwargs)
     except Exception as exc:  # datasets raises many unrelated types; re-raise as ours, chained.
         raise DataError(
-            f"could not load HF dataset {name!r} (split {split!r}): {exc}; it needs network access "
+            f"could not load HF dataset {path!r} (split {split!r}): {exc}; it needs network access "
             "or a copy in the local cache"
         ) from exc

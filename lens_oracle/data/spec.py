@@ -19,7 +19,7 @@ Format (JSON, version 1; the ``#`` comments are explanations, not part of the fi
          "config": {"kind": "sentiment", "text_field": "sentence"}},
         {"name": "spqa", "builder": "spqa", "source": "spqa.jsonl", "limit": 200},
         {"name": "old", "builder": "examples", "source": "earlier_mix.jsonl"},
-        {"name": "hf", "builder": "classification", "hf_dataset": {"name": "stanfordnlp/sst2"},
+        {"name": "hf", "builder": "classification", "hf_dataset": {"path": "stanfordnlp/sst2"},
          "config": {"kind": "sentiment", "text_field": "sentence",
                     "labels": ["negative", "positive"]}}
       ]
@@ -30,8 +30,8 @@ Per component:
 * ``name`` (distinct) and ``builder``: ``context_prediction`` | ``classification`` | ``spqa`` |
   ``examples`` (a JSONL written by ``write_jsonl``, taken as it is);
 * the data: ``source``, a local file (relative to the spec file's folder), or ``hf_dataset``,
-  ``{"name": ..., "split": "train", ...}`` passed to :func:`~lens_oracle.data.load_hf_dataset`
-  (needs network or the HF cache);
+  ``{"path": ..., "split": "train", "name": <config>, ...}`` passed to
+  :func:`~lens_oracle.data.load_hf_dataset` (needs network or the HF cache);
 * ``size`` or ``weight`` or neither (take all), as in :class:`~lens_oracle.data.MixtureComponent`;
 * ``limit``: the most examples the builder makes;
 * ``config``: the builder's config fields (:class:`ContextPredictionConfig`,
@@ -142,9 +142,9 @@ def parse_component(row: Any, index: int, base: Path, seed: int) -> ComponentSpe
     if hf is not None:
         if builder == "examples":
             raise ConfigError(f"{where}: the 'examples' builder reads a local JSONL 'source' only")
-        if not isinstance(hf, Mapping) or not isinstance(hf.get("name"), str):
+        if not isinstance(hf, Mapping) or not isinstance(hf.get("path"), str):
             raise ConfigError(
-                f"{where}: 'hf_dataset' must be an object like {{\"name\": ..., \"split\": ...}}"
+                f"{where}: 'hf_dataset' must be an object like {{\"path\": ..., \"split\": ...}}"
             )
     size = spec_int(row, "size", where, minimum=1)
     limit = spec_int(row, "limit", where, minimum=1)
@@ -195,9 +195,9 @@ def _component_source(spec: ComponentSpec) -> Any:
     from lens_oracle.data import sources
 
     options = dict(spec.hf_dataset)
-    name = options.pop("name")
+    path = options.pop("path")
     split = options.pop("split", "train")
-    return sources.load_hf_dataset(name, split=split, **options)
+    return sources.load_hf_dataset(path, split=split, **options)
 
 
 def _builder(spec: ComponentSpec, tokenizer: Any, layers: tuple[int, ...]) -> Callable[[], list[Any]]:
