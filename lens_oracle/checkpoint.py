@@ -9,7 +9,6 @@ checkpoint or nothing. A checkpoint whose checksum or JSON does not verify is sk
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 
 from lens_oracle.errors import ArtifactError
-from lens_oracle.io import atomic_folder, atomic_write_json
+from lens_oracle.io import atomic_folder, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +41,6 @@ class TrainingState:
     torch_rng: torch.Tensor
     python_rng: Any
     losses: list[float]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -104,7 +95,7 @@ def save_checkpoint(folder: Path, state: TrainingState, *, keep: int = 2) -> Pat
             "scheduler": state.scheduler,
             "python_rng": _to_json(state.python_rng),
             "losses": state.losses,
-            "sha256": _sha256(tmp / STATE_FILE),
+            "sha256": sha256_file(tmp / STATE_FILE),
         }
         atomic_write_json(tmp / META_FILE, meta)
     for old in list_checkpoints(folder)[keep:]:
@@ -131,7 +122,7 @@ def load_checkpoint(path: Path) -> TrainingState:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
         raise ArtifactError(f"checkpoint {path} has an unknown format; expected {FORMAT_VERSION}")
     state_path = path / STATE_FILE
-    if not state_path.is_file() or _sha256(state_path) != meta.get("sha256"):
+    if not state_path.is_file() or sha256_file(state_path) != meta.get("sha256"):
         raise ArtifactError(f"checkpoint {path} is truncated or corrupt (checksum mismatch)")
     try:
         tensors = load_file(str(state_path))

@@ -239,6 +239,77 @@ def length_grouped_batches(
     return batches
 
 
+PassLengthFn = Callable[[OracleExample], tuple[int, int]]
+"""Maps an example to its (estimated) token counts in the target pass and the oracle pass."""
+
+
+def pass_lengths(example: OracleExample, tokenizer: Any = None) -> tuple[int, int]:
+    """``(target, oracle)`` tokens of a training step: the target reads ``context_ids``; the
+    oracle prompt holds one placeholder per vector, the question and the answer (its fixed
+    template tokens are left out). Question and answer are counted as in :func:`example_length`.
+    """
+    text = example_length(example, tokenizer) - len(example.context_ids) - len(example.positions)
+    return len(example.context_ids), len(example.positions) * len(example.read_layers) + text
+
+
+def two_pass_batches(
+    examples: Sequence[OracleExample],
+    batch_size: int,
+    seed: int = 0,
+    *,
+    length_fn: PassLengthFn = pass_lengths,
+    megabatch_factor: int | None = 200,
+    drop_last: bool = False,
+) -> list[list[OracleExample]]:
+    """Batches whose examples are alike in *both* lengths of a training step, shuffled.
+
+    A step pads the target pass to its longest context and the oracle pass to its longest
+    prompt, separately. Sorting by one total length (:func:`length_grouped_batches`) leaves
+    each pass poorly padded (~0.68 real tokens per processed token on an AO-like mixture);
+    this splits each mega-batch of ``batch_size * megabatch_factor`` shuffled examples like a
+    k-d tree: sort by the length with the wider spread, cut at a whole number of batches near
+    the middle, repeat on both halves until each part is one batch (~0.90 on the same
+    mixture). The batch order is then shuffled. Every example lands in exactly one batch;
+    only the very last batch may be smaller, and ``drop_last`` drops it.
+
+    Raises:
+        ConfigError: ``batch_size < 1`` or ``megabatch_factor < 1``.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if megabatch_factor is not None and megabatch_factor < 1:
+        raise ConfigError(f"megabatch_factor must be at least 1 or None, got {megabatch_factor}")
+    rng = random.Random(seed)
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    lengths = [length_fn(e) for e in examples]
+    mega = len(order) if megabatch_factor is None else batch_size * megabatch_factor
+    groups: list[list[int]] = []
+    for start in range(0, len(order), max(mega, 1)):
+        chunk = order[start : start + mega]
+        _split_batches(chunk, -(-len(chunk) // batch_size), batch_size, lengths, groups)
+    if drop_last and groups and len(groups[-1]) < batch_size:
+        groups.pop()
+    rng.shuffle(groups)
+    return [[examples[i] for i in group] for group in groups]
+
+
+def _split_batches(
+    items: list[int], n_batches: int, batch_size: int,
+    lengths: Sequence[tuple[int, int]], out: list[list[int]],
+) -> None:
+    """Cut ``items`` into ``n_batches`` batches of similar (target, oracle) lengths."""
+    if n_batches <= 1:
+        out.append(items)
+        return
+    spread = [max(lengths[i][d] for i in items) - min(lengths[i][d] for i in items) for d in (0, 1)]
+    axis = 0 if spread[0] >= spread[1] else 1
+    items = sorted(items, key=lambda i: (lengths[i][axis], lengths[i][1 - axis]))
+    left = n_batches // 2
+    _split_batches(items[: left * batch_size], left, batch_size, lengths, out)
+    _split_batches(items[left * batch_size :], n_batches - left, batch_size, lengths, out)
+
+
 def padding_efficiency(
     batches: Iterable[Sequence[OracleExample]], length_fn: LengthFn = example_length
 ) -> float:
