@@ -31,6 +31,7 @@ _EXPORTS = {
     "LensOracleError": "lens_oracle.errors",
     "OracleConfig": "lens_oracle.config",
     "OracleExample": "lens_oracle.data.example",
+    "ProjectorConfig": "lens_oracle.config",
     "PromptConfig": "lens_oracle.config",
     "Segment": "lens_oracle.capture",
     "Substring": "lens_oracle.capture",
@@ -67,7 +68,14 @@ if TYPE_CHECKING:
         capture,
         capture_layers,
     )
-    from lens_oracle.config import AdapterConfig, InjectionConfig, OracleConfig, PromptConfig, TrainConfig
+    from lens_oracle.config import (
+        AdapterConfig,
+        InjectionConfig,
+        OracleConfig,
+        ProjectorConfig,
+        PromptConfig,
+        TrainConfig,
+    )
     from lens_oracle.data.example import OracleExample
     from lens_oracle.errors import LensOracleError
     from lens_oracle.models import load_model

@@ -279,7 +279,7 @@ def read_vectors(
     model: LoadedModel,
     contexts: Sequence[Sequence[int]],
     positions: Sequence[Sequence[int]],
-    layers: Sequence[int],
+    layers: Sequence[int | Sequence[int]],
     *,
     site: Site = "resid_post",
     padding_side: Literal["left", "right"] = "right",
@@ -287,15 +287,19 @@ def read_vectors(
     """Example i's vectors at ``positions[i]`` of layer ``layers[i]``, in one batched pass.
 
     Returns a list of ``[len(positions[i]), d_model]`` float32 tensors on the CPU. The model runs
-    as it is: switch an adapter off around the call for the target role.
+    as it is: switch an adapter off around the call for the target role. A multi-layer query
+    gives a tuple of layers: its vectors are ``positions[i]`` at each layer, layer by layer.
     """
     if not (len(contexts) == len(positions) == len(layers)):
         raise ActivationError("contexts, positions and layers must have the same length")
+    groups = [(layer,) if isinstance(layer, int) else tuple(layer) for layer in layers]
+    if not all(groups):
+        raise ActivationError("an example has an empty tuple of read layers; give at least one")
     _check_contexts(model, contexts, positions)
-    stored, offsets = _residuals(model, contexts, layers, site, padding_side)
+    stored, offsets = _residuals(model, contexts, [x for g in groups for x in g], site, padding_side)
     return [
-        _gather(stored[layer], row, offsets[row], pos)
-        for row, (pos, layer) in enumerate(zip(positions, layers, strict=True))
+        torch.cat([_gather(stored[layer], row, offsets[row], pos) for layer in group])
+        for row, (pos, group) in enumerate(zip(positions, groups, strict=True))
     ]
 
 

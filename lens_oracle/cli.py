@@ -97,11 +97,13 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     """Subcommands that live next to their stage (their heavy imports stay inside them)."""
     from lens_oracle.data.cli import add_data_arguments
     from lens_oracle.evals.cli import add_eval_arguments, run_eval
+    from lens_oracle.train_cli import add_train_arguments
 
     add_data_arguments(sub)
     evaluate = sub.add_parser("eval", help="evaluate a saved oracle against baselines and controls")
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)
+    add_train_arguments(sub)  # "train" and "cache"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

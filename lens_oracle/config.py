@@ -9,13 +9,17 @@ from typing import Any, Literal, TypeVar, get_args
 
 from lens_oracle.errors import ArtifactError, ConfigError
 
-CONFIG_VERSION = 1
-"""Version of ``oracle_config.json``; a file with a newer version is refused."""
+CONFIG_VERSION = 2
+"""Version of ``oracle_config.json``; a file with a newer version is refused.
+Version 2 added the optional ``projector`` (cross-model oracles); version 1 files load as
+oracles without one."""
 
 Site = Literal["resid_pre", "resid_mid", "resid_post"]
 InjectionMode = Literal["add", "replace"]
 PromptFormat = Literal["ao", "plain"]
 ActivationConvention = Literal["hf", "hooked_transformer"]
+ProjectorKind = Literal["linear", "mlp"]
+ProjectorNorm = Literal["none", "rms"]
 
 T = TypeVar("T")
 
@@ -113,6 +117,54 @@ class PromptConfig(_Record):
 
 
 @dataclass(frozen=True)
+class ProjectorConfig(_Record):
+    """A learned map from a source model's residual width to the oracle's (Meta-Models).
+
+    Records the source model's identity, so activations of another model are refused.
+    """
+
+    source_model: str
+    """Name or path of the model whose activations the projector reads."""
+    source_architecture: str
+    """HF architecture class of the source model, e.g. ``LlamaForCausalLM``."""
+    source_d_model: int
+    """Residual width of the source model (the projector's input)."""
+    source_n_layers: int
+    """Number of decoder blocks of the source model."""
+    layers: tuple[int, ...] = ()
+    """Source read layers served. A per-layer projector has one map each and refuses others;
+    a shared one records the layers it was built for (empty: any layer)."""
+    kind: ProjectorKind = "linear"
+    """``linear`` (Meta-Models) or ``mlp`` (linear, GELU, linear)."""
+    shared: bool = True
+    """One map for every layer (Meta-Models), or one per entry of ``layers``."""
+    hidden: int = 0
+    """MLP hidden width; 0 means ``max(source_d_model, oracle d_model)``."""
+    norm: ProjectorNorm = "none"
+    """Input normalisation: ``rms`` rescales each vector to unit RMS before the map."""
+
+    def __post_init__(self) -> None:
+        _check_choice("projector kind", self.kind, ProjectorKind)
+        _check_choice("projector norm", self.norm, ProjectorNorm)
+        for name in ("source_d_model", "source_n_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"projector {name} must be a positive integer, got {value!r}")
+        bad = [x for x in self.layers if not isinstance(x, int) or not 0 <= x < self.source_n_layers]
+        if bad or len(set(self.layers)) != len(self.layers):
+            raise ConfigError(
+                f"projector layers {list(self.layers)} must be distinct blocks of the source "
+                f"model, 0..{self.source_n_layers - 1}"
+            )
+        if not self.shared and not self.layers:
+            raise ConfigError("a per-layer projector (shared=False) needs its layers=(...)")
+        if not isinstance(self.hidden, int) or self.hidden < 0:
+            raise ConfigError(f"projector hidden width must be >= 0, got {self.hidden!r}")
+        if self.hidden and self.kind != "mlp":
+            raise ConfigError("projector hidden width applies to kind='mlp' only")
+
+
+@dataclass(frozen=True)
 class OracleConfig(_Record):
     """Everything needed to rebuild an oracle around its adapter; saved as oracle_config.json."""
 
@@ -131,6 +183,9 @@ class OracleConfig(_Record):
     """Residual-stream convention the oracle was trained on (raw HF weights)."""
     read_site: Site = "resid_post"
     """Site that the layer tag refers to (AO: output of block L)."""
+    projector: ProjectorConfig | None = None
+    """Cross-model oracles: the projector from the source model's width (``None``: the oracle
+    reads its own base model's activations)."""
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -180,6 +235,10 @@ class TrainConfig(_Record):
     checkpoint folder is given)."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep."""
+    gradient_checkpointing: bool = False
+    """Recompute block activations in the backward pass (AO trains this way): much less
+    memory for about a third more compute. Same gradients; see
+    :meth:`lens_oracle.models.LoadedModel.gradient_checkpointing`."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.learning_rate, (int, float)) or not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
@@ -203,4 +262,5 @@ _NESTED: dict[tuple[str, str], type[_Record]] = {
     ("OracleConfig", "adapter"): AdapterConfig,
     ("OracleConfig", "injection"): InjectionConfig,
     ("OracleConfig", "prompt"): PromptConfig,
+    ("OracleConfig", "projector"): ProjectorConfig,
 }

@@ -13,17 +13,29 @@ import torch
 
 from lens_oracle.config import InjectionMode
 from lens_oracle.errors import ActivationError, PromptError
-from lens_oracle.typing import PlaceholderMask, Residual, TokenIds, VectorCounts, Vectors
-
+from lens_oracle.typing import (
+    Bool,
+    PlaceholderMask,
+    Residual,
+    Tensor,
+    TokenIds,
+    VectorCounts,
+    Vectors,
+)
 
 
 def placeholder_mask(
-    input_ids: TokenIds, placeholder_id: int, counts: VectorCounts
+    input_ids: TokenIds,
+    placeholder_id: int,
+    counts: VectorCounts,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> PlaceholderMask:
     """Mark the first ``counts[b]`` occurrences of ``placeholder_id`` in each row.
 
     The occurrences must be consecutive (the oracle prompt puts its placeholders in one run);
     a question that happens to contain the placeholder token later is left untouched.
+    Multi-layer prompts give ``groups``: row b's placeholders must form one run per layer tag,
+    of lengths ``groups[b]`` in order.
     """
     is_placeholder = input_ids == placeholder_id
     rank = is_placeholder.long().cumsum(dim=-1)
@@ -35,11 +47,33 @@ def placeholder_mask(
             f"row {row} has {int(found[row])} placeholder tokens but {int(counts[row])} vectors "
             "to inject; each activation vector needs exactly one placeholder in the prompt"
         )
+    if groups is not None:
+        for row, sizes in enumerate(groups):
+            runs = placeholder_runs(mask[row])
+            if runs != [int(k) for k in sizes]:
+                raise PromptError(
+                    f"row {row} has placeholder runs of lengths {runs}, expected {list(sizes)} "
+                    "(one run per layer tag); the layer tags must not contain the placeholder"
+                )
+        return mask
     first = mask.long().argmax(dim=-1)
     last = input_ids.shape[1] - 1 - mask.long().flip(-1).argmax(dim=-1)
     if not torch.equal(last - first + 1, counts.to(last.dtype)):
         raise PromptError("placeholder tokens are not consecutive; the oracle prompt needs one run")
     return mask
+
+
+def placeholder_runs(row: Bool[Tensor, " pos"]) -> list[int]:
+    """Lengths of the runs of consecutive ``True`` in one mask row, left to right."""
+    runs: list[int] = []
+    previous = -2
+    for index in row.nonzero().flatten().tolist():
+        if index == previous + 1:
+            runs[-1] += 1
+        else:
+            runs.append(1)
+        previous = index
+    return runs
 
 
 def check_vectors(vectors: Vectors, counts: VectorCounts) -> None:
@@ -84,17 +118,18 @@ def inject(
 ) -> Residual:
     """Inject ``vectors`` into ``resid`` at the placeholder positions of ``mask``.
 
-    ``add`` (Activation Oracles): ``h + scale * ||h|| * v / ||v||``, norm computed over
-    ``d_model`` in float32. ``replace`` (LatentQA style): ``v`` replaces ``h``.
+    ``add`` (Activation Oracles): ``h + scale * ||h|| * v / ||v||``, computed in at least
+    float32 (a bfloat16 residual is rounded once, at the end; ``v`` is never rounded to it
+    first). ``replace`` (LatentQA style): ``v`` replaces ``h``.
     Positions outside the mask are returned unchanged.
     """
-    placed = scatter_vectors(vectors, mask).to(resid.dtype)
+    placed = scatter_vectors(vectors, mask)
     if mode == "replace":
-        new = placed
+        new = placed.to(resid.dtype)
     else:
-        work = torch.promote_types(resid.dtype, torch.float32)  # at least float32 for the norms
-        h_norm = resid.to(work).norm(dim=-1, keepdim=True)
-        new = resid + (scale * h_norm * unit_direction(placed.to(work))).to(resid.dtype)
+        work = torch.promote_types(torch.promote_types(resid.dtype, placed.dtype), torch.float32)
+        h = resid.to(work)
+        new = (h + scale * h.norm(dim=-1, keepdim=True) * unit_direction(placed.to(work))).to(resid.dtype)
     return torch.where(mask[..., None], new, resid)
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -68,6 +69,27 @@ class LoadedModel:
     def has_adapter(self) -> bool:
         return self.peft_model is not None
 
+    @property
+    def attention(self) -> str:
+        """``"sdpa"`` or ``"bridge"``: how attention runs (see :mod:`lens_oracle.acceleration`)."""
+        from lens_oracle.acceleration import attention_mode
+
+        return attention_mode(self.hf_model)
+
+    def set_attention(self, mode: Literal["bridge", "sdpa"]) -> str:
+        """Run attention through PyTorch SDPA (where verified) or the bridge's own code;
+        returns the mode in effect (see :func:`lens_oracle.acceleration.set_attention`)."""
+        from lens_oracle.acceleration import set_attention
+
+        return set_attention(self.hf_model, self.bridge, mode)
+
+    def gradient_checkpointing(self, enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+        """Recompute each block's activations in the backward pass instead of storing them,
+        inside the block (see :func:`lens_oracle.acceleration.gradient_checkpointing`)."""
+        from lens_oracle.acceleration import gradient_checkpointing
+
+        return gradient_checkpointing(self.hf_model, enabled)
+
     def hook_name(self, layer: int, site: Site | str = "resid_post") -> str:
         """The validated hook name for ``site`` of block ``layer``, e.g. ``blocks.3.hook_resid_post``."""
         if site not in SITES:
@@ -90,12 +112,37 @@ class LoadedModel:
 
     @contextlib.contextmanager
     def adapter_disabled(self) -> Iterator[None]:
-        """Run the base model: the LoRA adapter is off inside the block (no-op without one)."""
+        """Run the base model: the LoRA adapter is off inside the block (no-op without one).
+
+        Switches PEFT's adapter layers (found once) directly. ``PeftModel.disable_adapter()``
+        walks every module twice and takes a status census on each call (~4 ms on a 4-block
+        model, on every training step), and on exit it marks the adapter weights trainable
+        again, even on an oracle loaded frozen; here their ``requires_grad`` is restored.
+        """
         if self.peft_model is None:
             yield
             return
-        with self.peft_model.disable_adapter():
+        layers, params = self._adapter_layers
+        was_off = [layer.disable_adapters for layer in layers]
+        was_trainable = [param.requires_grad for param in params]
+        for layer in layers:
+            layer.enable_adapters(False)
+        try:
             yield
+        finally:
+            for layer, off in zip(layers, was_off, strict=True):
+                layer.enable_adapters(not off)
+            for param, trainable in zip(params, was_trainable, strict=True):
+                param.requires_grad_(trainable)
+
+    @functools.cached_property
+    def _adapter_layers(self) -> tuple[list[Any], list[torch.nn.Parameter]]:
+        """PEFT's adapter layers and the adapter weights in them."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = [m for m in self.hf_model.modules() if isinstance(m, BaseTunerLayer)]
+        params = [p for n, p in self.hf_model.named_parameters() if "lora_" in n]
+        return layers, params
 
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """A full forward pass through the (hooked) HF model."""
@@ -110,6 +157,14 @@ class LoadedModel:
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.hf_model.parameters() if p.requires_grad]
+
+    def set_adapter_trainable(self, trainable: bool) -> None:
+        """Freeze (``False``) or unfreeze the LoRA weights; the base weights stay frozen."""
+        if self.peft_model is None:
+            raise ModelLoadError(f"{self.name!r} has no adapter to freeze or train")
+        for name, param in self.hf_model.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(trainable)
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """The adapter weights with PEFT's standard keys and the HF module names (not the
@@ -145,12 +200,16 @@ def load_tokenizer(source: str | os.PathLike[str]) -> Any:
         ) from None
 
 
-def load_hf_model(source: ModelSource, *, dtype: torch.dtype = torch.float32) -> Any:
-    """A causal LM from an in-memory model, a local folder, or the HF cache (offline)."""
+def load_hf_model(source: ModelSource, *, dtype: torch.dtype | None = None) -> Any:
+    """A causal LM from an in-memory model, a local folder, or the HF cache (offline).
+
+    ``dtype``: the weights' dtype; ``None`` keeps an in-memory model as it is and loads a folder
+    in float32. An in-memory model is cast in place.
+    """
     from transformers import AutoModelForCausalLM, PreTrainedModel
 
     if isinstance(source, PreTrainedModel):
-        return source
+        return source if dtype is None or source.dtype == dtype else source.to(dtype)
     if not isinstance(source, (str, os.PathLike)):
         raise ModelLoadError(
             f"cannot load a model from a {type(source).__name__}; give a folder, a cached "
@@ -160,7 +219,9 @@ def load_hf_model(source: ModelSource, *, dtype: torch.dtype = torch.float32) ->
     if str(source).startswith((".", "/", "~")) and not path.exists():
         raise ModelLoadError(f"model folder {str(source)!r} does not exist")
     try:
-        return AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(
+            str(source), dtype=dtype or torch.float32, local_files_only=True
+        )
     except (OSError, ValueError) as exc:
         raise ModelLoadError(
             f"model {str(source)!r} is not a local folder and not in the HF cache "
@@ -262,9 +323,10 @@ def load_model(
     adapter_path: str | os.PathLike[str] | None = None,
     trainable: bool = True,
     name: str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     device: str | torch.device | None = None,
     check_lora: bool = True,
+    attention: Literal["auto", "bridge", "sdpa"] = "auto",
 ) -> LoadedModel:
     """Load a model (folder, cached name, or in-memory) and boot it into a TransformerBridge.
 
@@ -273,6 +335,12 @@ def load_model(
     downloaded: a name that is not cached raises :class:`ModelLoadError` at once.
     With ``check_lora`` (default) one probe forward (+ backward when trainable) proves every
     LoRA module runs under the bridge; see :func:`lens_oracle.lora.check_adapter_runs`.
+    ``dtype`` (e.g. ``torch.bfloat16``) casts the base weights before the adapter is attached,
+    so a fresh LoRA keeps float32 weights (PEFT's default); ``None``: float32 from disk, an
+    in-memory model as it is. ``attention``: ``"sdpa"`` restores PyTorch's fused attention that
+    the bridge switches off, where verified (:mod:`lens_oracle.acceleration`); ``"bridge"`` keeps
+    TransformerLens's own attention code; ``"auto"`` (default) is ``"sdpa"`` on CUDA and
+    ``"bridge"`` on the CPU (where SDPA measured no faster and references compare bit-exactly).
     """
     if adapter is not None and adapter_path is not None:
         raise ModelLoadError("give either a fresh adapter config or an adapter_path, not both")
@@ -293,6 +361,10 @@ def load_model(
     elif adapter_path is not None:
         peft_model = load_adapter(hf_model, adapter_path, trainable=trainable)
     bridge = boot_bridge(hf_model, tokenizer, model_name)
+    if attention == "sdpa" or (attention == "auto" and torch.device(hf_model.device).type == "cuda"):
+        from lens_oracle.acceleration import set_attention
+
+        set_attention(hf_model, bridge, "sdpa")
     if peft_model is None:
         for param in hf_model.parameters():
             param.requires_grad_(False)

@@ -2,12 +2,14 @@
 
 One copy of the weights serves both roles (the AO setting): reading runs the base model with the
 adapter switched off; asking runs the adapter with the injection hook on
-``blocks.{k}.hook_resid_pre``.
+``blocks.{k}.hook_resid_pre``. A cross-model oracle (Meta-Models) reads another model's
+activations through a learned :class:`~lens_oracle.projector.Projector`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -18,19 +20,35 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from lens_oracle.capture import Activations, Positions, Prompt, LastToken, capture
+from lens_oracle.capture import Activations, LastToken, Positions, Prompt, capture
 from lens_oracle.config import (
     AdapterConfig,
     InjectionConfig,
     OracleConfig,
+    ProjectorConfig,
     PromptConfig,
     Site,
 )
-from lens_oracle.errors import ActivationError, ArtifactError, PromptError
+from lens_oracle.errors import ActivationError, ArtifactError, ConfigError, PromptError
 from lens_oracle.inject import check_vectors, make_injection_hook, placeholder_mask, stack_vectors
 from lens_oracle.io import atomic_folder, atomic_write_json
-from lens_oracle.models import LoadedModel, ModelSource, load_hf_model, load_model, model_architecture
-from lens_oracle.prompt import IGNORE_INDEX, encode_oracle_prompt, placeholder_id, stop_token_ids
+from lens_oracle.models import (
+    LoadedModel,
+    ModelSource,
+    clean_key,
+    load_hf_model,
+    load_model,
+    model_architecture,
+)
+from lens_oracle.projector import PROJECTOR_WEIGHTS, Projector, vector_layers
+from lens_oracle.prompt import (
+    IGNORE_INDEX,
+    LayerTag,
+    encode_oracle_prompt,
+    layer_groups,
+    placeholder_id,
+    stop_token_ids,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +68,26 @@ class OracleBatch:
     placeholders: torch.Tensor
     vectors: torch.Tensor
     counts: torch.Tensor
+    vector_layers: torch.Tensor | None = None
+    """``[batch, n_vec]`` source layer of each vector (``-1`` on padding), for the projector."""
 
 
 class ActivationOracle:
     """An oracle that answers questions about injected activation vectors."""
 
-    def __init__(self, model: LoadedModel, config: OracleConfig) -> None:
+    def __init__(
+        self, model: LoadedModel, config: OracleConfig, projector: Projector | None = None
+    ) -> None:
+        """``projector``: trained weights for ``config.projector`` (default: a fresh one)."""
         self.model = model
         self.config = config
         self.placeholder_id = placeholder_id(model.tokenizer, config.prompt.placeholder)
         self.injection_hook = model.validate_hook(f"blocks.{config.injection.layer}.hook_resid_pre")
+        if projector is not None and projector.config != config.projector:
+            raise ConfigError("the projector given does not match the oracle config's projector")
+        if projector is None and config.projector is not None:
+            projector = Projector(config.projector, config.d_model)
+        self.projector = None if projector is None else projector.to(model.device)
 
     # ------------------------------------------------------------ construction
 
@@ -72,11 +100,16 @@ class ActivationOracle:
         adapter: AdapterConfig | None = None,
         injection: InjectionConfig | None = None,
         prompt: PromptConfig | None = None,
+        projector: ProjectorConfig | None = None,
         name: str | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
     ) -> ActivationOracle:
-        """A new oracle with a fresh trainable LoRA adapter on ``source`` (AO defaults)."""
+        """A new oracle with a fresh trainable LoRA adapter on ``source`` (AO defaults).
+
+        ``projector`` makes a cross-model oracle: a fresh trainable projector from the source
+        model's width (see :func:`lens_oracle.projector.projector_config`).
+        """
         injection = injection or InjectionConfig()
         prompt = prompt or PromptConfig()
         model = load_model(
@@ -90,6 +123,7 @@ class ActivationOracle:
             adapter=adapter or AdapterConfig(),
             injection=injection,
             prompt=prompt,
+            projector=projector,
         )
         return cls(model, config)
 
@@ -101,7 +135,7 @@ class ActivationOracle:
         tokenizer: Any = None,
         *,
         trainable: bool = False,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
     ) -> ActivationOracle:
         """Load a saved oracle (ours, or a plain PEFT adapter such as the published AO ones).
@@ -136,7 +170,11 @@ class ActivationOracle:
             hf_model, tokenizer if tokenizer is not None else source, adapter_path=folder,
             trainable=trainable, name=config.base_model, device=device,
         )
-        return cls(model, config)
+        projector = None
+        if config.projector is not None:
+            projector = Projector.load(config.projector, config.d_model, folder / PROJECTOR_WEIGHTS)
+            projector.requires_grad_(trainable)
+        return cls(model, config, projector)
 
     def save(self, folder: str | os.PathLike[str]) -> Path:
         """Write adapter (safetensors, clean PEFT keys) + ``oracle_config.json`` atomically."""
@@ -149,6 +187,8 @@ class ActivationOracle:
             peft_config = self.model.peft_model.peft_config["default"]
             peft_config.save_pretrained(str(staging))
             save_file(self.model.adapter_state_dict(), str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+            if self.projector is not None:
+                self.projector.save(staging / PROJECTOR_WEIGHTS)
             atomic_write_json(staging / ORACLE_CONFIG, self.config.to_dict())
         return folder
 
@@ -173,18 +213,66 @@ class ActivationOracle:
         with self.adapter_disabled() as base:
             return capture(base, prompts, layer, site=site, positions=positions, batch_size=batch_size)
 
+    # ------------------------------------------------------------ parameters
+
+    @property
+    def input_d_model(self) -> int:
+        """Width of the vectors this oracle takes: the projector's source width, or its own."""
+        return self.config.d_model if self.projector is None else self.projector.config.source_d_model
+
+    def named_trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Trainable weights by name: the adapter's (clean HF-style keys), then ``projector.*``."""
+        named = {
+            clean_key(name): param
+            for name, param in self.model.hf_model.named_parameters()
+            if param.requires_grad
+        }
+        if self.projector is not None:
+            named.update(
+                (f"projector.{name}", param)
+                for name, param in self.projector.named_parameters()
+                if param.requires_grad
+            )
+        return named
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """What an optimiser trains: the adapter's trainable weights and the projector's."""
+        return list(self.named_trainable_parameters().values())
+
+    def set_trainable(self, *, adapter: bool | None = None, projector: bool | None = None) -> None:
+        """Freeze or unfreeze the LoRA adapter and/or the projector (``None`` leaves it as is).
+
+        ``set_trainable(adapter=False)`` trains the projector alone (the Meta-Models setting,
+        or a new source model for an oracle that is already trained).
+        """
+        if adapter is not None:
+            self.model.set_adapter_trainable(adapter)
+        if projector is not None:
+            if self.projector is None:
+                raise ConfigError("this oracle has no projector; create it with projector=...")
+            self.projector.requires_grad_(projector)
+
+    def with_projector(self, projector: ProjectorConfig, *, seed: int = 0) -> ActivationOracle:
+        """This oracle (same model and adapter) reading another model through a fresh projector."""
+        config = dataclasses.replace(self.config, projector=projector)
+        return ActivationOracle(self.model, config, Projector(projector, self.config.d_model, seed=seed))
+
     # ------------------------------------------------------------ encoding
 
     def encode(
         self,
         vectors: Sequence[torch.Tensor],
-        layers: Sequence[int],
+        layers: Sequence[LayerTag],
         questions: Sequence[str],
         answers: Sequence[str] | None = None,
         *,
         padding_side: Literal["left", "right"] = "right",
     ) -> OracleBatch:
-        """Tokenize oracle prompts (one placeholder per vector) and pad them into a batch."""
+        """Tokenize oracle prompts (one placeholder per vector) and pad them into a batch.
+
+        ``layers[i]`` tags example i: one layer, or a tuple for a multi-layer query whose
+        vectors are the same positions at each layer, layer by layer (one tagged group each).
+        """
         n = len(vectors)
         if not (len(layers) == len(questions) == n) or (answers is not None and len(answers) != n):
             raise PromptError(
@@ -193,12 +281,17 @@ class ActivationOracle:
                 + "; give one of each per example"
             )
         for i, v in enumerate(vectors):
-            if v.ndim != 2 or v.shape[-1] != self.config.d_model:
+            if self.projector is not None and v.ndim == 2:
+                self.projector.check_width(int(v.shape[-1]))
+            if v.ndim != 2 or v.shape[-1] != self.input_d_model:
                 raise ActivationError(
                     f"example {i} has vectors of shape {tuple(v.shape)}; this oracle expects "
                     f"[n_vec, {self.config.d_model}] (d_model of {self.config.base_model}). "
                     "Activations from a model of another width need a projector"
                 )
+        groups = [layer_groups(tag, int(v.shape[0])) for v, tag in zip(vectors, layers, strict=True)]
+        if self.projector is not None:
+            self.projector.check_layers({layer for g in groups for layer, _ in g})
         encoded = [
             encode_oracle_prompt(
                 self.model.tokenizer, self.config.prompt, layer, int(v.shape[0]), q,
@@ -225,9 +318,14 @@ class ActivationOracle:
             if e.labels:
                 labels[row, span] = torch.tensor(e.labels)
         stacked, counts = stack_vectors(list(vectors))
-        placeholders = placeholder_mask(ids, self.placeholder_id, counts)
+        multi = any(len(g) > 1 for g in groups)
+        sizes = [[k for _, k in g] for g in groups] if multi else None
+        placeholders = placeholder_mask(ids, self.placeholder_id, counts, sizes)
         check_vectors(stacked, counts)
-        return OracleBatch(ids, mask, labels if answers is not None else None, placeholders, stacked, counts)
+        tags = vector_layers(list(layers), counts.tolist(), int(stacked.shape[1]))
+        return OracleBatch(
+            ids, mask, labels if answers is not None else None, placeholders, stacked, counts, tags
+        )
 
     @contextlib.contextmanager
     def injecting(self, batch: OracleBatch, *, enabled: bool = True) -> Iterator[None]:
@@ -235,8 +333,13 @@ class ActivationOracle:
         if not enabled:
             yield
             return
+        vectors = batch.vectors.to(self.model.device)
+        if self.projector is not None:  # inside the forward pass, so the loss trains it
+            if batch.vector_layers is None:
+                raise ActivationError("this batch has no vector layers; build it with oracle.encode")
+            vectors = self.projector(vectors, batch.vector_layers.to(self.model.device))
         hook = make_injection_hook(
-            batch.vectors.to(self.model.device), batch.placeholders.to(self.model.device),
+            vectors, batch.placeholders.to(self.model.device),
             mode=self.config.injection.mode, scale=self.config.injection.scale,
         )
         with self.model.bridge.hooks(fwd_hooks=[(self.injection_hook, hook)]):
@@ -265,10 +368,10 @@ class ActivationOracle:
     @torch.no_grad()
     def ask_batch(
         self,
-        activations: Activations | Sequence[torch.Tensor],
+        activations: Activations | Sequence[Activations] | Sequence[torch.Tensor],
         questions: Sequence[str] | str,
         *,
-        layers: Sequence[int] | None = None,
+        layers: Sequence[LayerTag] | None = None,
         max_new_tokens: int = 32,
         do_sample: bool = False,
         temperature: float = 1.0,
@@ -279,6 +382,8 @@ class ActivationOracle:
 
         ``questions`` is one question for all examples or one per example. With raw tensors,
         give ``layers`` for the prompt's layer tags. ``inject=False`` asks without any vector.
+        A list of ``Activations`` of the same prompts at several layers (``capture_layers``)
+        makes multi-layer queries, one tagged group per layer.
         """
         vectors, tags = self._unpack(activations, layers)
         if isinstance(questions, str):
@@ -288,7 +393,8 @@ class ActivationOracle:
         stops = stop_token_ids(self.model.tokenizer, getattr(self.model.hf_model, "generation_config", None))
         answers: list[str] = []
         was_training = self.model.hf_model.training
-        self.model.hf_model.eval()
+        if was_training:  # eval() walks every module (~3 ms on a tiny model): only when needed
+            self.model.hf_model.eval()
         try:
             for start in range(0, len(vectors), batch_size):
                 chunk = slice(start, start + batch_size)
@@ -311,35 +417,57 @@ class ActivationOracle:
                     self.model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new
                 )
         finally:
-            self.model.hf_model.train(was_training)
+            if was_training:
+                self.model.hf_model.train()
         return answers
 
-    def ask(self, activations: Activations | torch.Tensor, question: str, **kwargs: Any) -> str:
-        """The answer for a single example (``Activations`` of one prompt, or ``[n_vec, d_model]``)."""
+    def ask(
+        self, activations: Activations | Sequence[Activations] | torch.Tensor, question: str, **kwargs: Any
+    ) -> str:
+        """The answer for a single example (``Activations`` of one prompt, one per layer for a
+        multi-layer query, or ``[n_vec, d_model]``)."""
         if isinstance(activations, torch.Tensor):
             if "layers" not in kwargs:
                 raise PromptError("asking with a raw tensor needs layers=[L] for the prompt's layer tag")
             return self.ask_batch([activations], [question], **kwargs)[0]
-        if len(activations) != 1:
-            raise PromptError(f"ask() takes one example, got {len(activations)}; use ask_batch()")
-        return self.ask_batch(activations, [question], **kwargs)[0]
+        records = [activations] if isinstance(activations, Activations) else list(activations)
+        if any(len(a) != 1 for a in records):
+            raise PromptError(f"ask() takes one example, got {len(records[0])}; use ask_batch()")
+        return self.ask_batch(records, [question], **kwargs)[0]
 
     def _unpack(
-        self, activations: Activations | Sequence[torch.Tensor], layers: Sequence[int] | None
-    ) -> tuple[list[torch.Tensor], list[int]]:
-        if isinstance(activations, Activations):
-            if activations.convention != self.config.convention:
-                raise ActivationError(
-                    f"activations use the {activations.convention!r} convention, the oracle was "
-                    f"trained on {self.config.convention!r}; capture through TransformerBridge "
-                    "without weight processing"
-                )
-            vectors = [activations.example(i) for i in range(len(activations))]
-            return vectors, [activations.layer] * len(vectors)
+        self,
+        activations: Activations | Sequence[Activations] | Sequence[torch.Tensor],
+        layers: Sequence[LayerTag] | None,
+    ) -> tuple[list[torch.Tensor], list[LayerTag]]:
+        records = [activations] if isinstance(activations, Activations) else list(activations)
+        if records and all(isinstance(a, Activations) for a in records):
+            return self._unpack_records(records)
         vectors = list(activations)
         if layers is None or len(layers) != len(vectors):
             raise PromptError("raw vectors need layers=[...], one layer tag per example")
         return vectors, list(layers)
+
+    def _unpack_records(self, records: list[Activations]) -> tuple[list[torch.Tensor], list[LayerTag]]:
+        """Per-example vectors (layer by layer) and tags of one or more layers' Activations."""
+        first = records[0]
+        for acts in records:
+            if acts.convention != self.config.convention:
+                raise ActivationError(
+                    f"activations use the {acts.convention!r} convention, the oracle was "
+                    f"trained on {self.config.convention!r}; capture through TransformerBridge "
+                    "without weight processing"
+                )
+            if len(acts) != len(first) or acts.positions != first.positions:
+                raise ActivationError(
+                    "multi-layer activations must hold the same prompts and positions at every "
+                    "layer; capture them together with capture_layers"
+                )
+        if self.projector is not None and first.source != self.projector.config.source_model:
+            log.info("projector of %r reads activations of %r", self.projector.config.source_model, first.source)
+        vectors = [torch.cat([a.example(i) for a in records]) for i in range(len(first))]
+        tag: LayerTag = first.layer if len(records) == 1 else tuple(a.layer for a in records)
+        return vectors, [tag] * len(vectors)
 
 
 def read_oracle_folder(folder: Path) -> OracleConfig | None:
@@ -359,13 +487,19 @@ def read_oracle_folder(folder: Path) -> OracleConfig | None:
             raise ArtifactError(f"{folder} has no {needed}; it is not a saved adapter")
     verify_safetensors(folder / ADAPTER_WEIGHTS)
     path = folder / ORACLE_CONFIG
+    has_projector = (folder / PROJECTOR_WEIGHTS).is_file()
     if not path.is_file():
+        if has_projector:
+            raise ArtifactError(f"{folder} holds {PROJECTOR_WEIGHTS} but no {ORACLE_CONFIG} to describe it")
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); the file is corrupt") from None
-    return OracleConfig.from_json_dict(data)
+    config = OracleConfig.from_json_dict(data)
+    if has_projector and config.projector is None:
+        raise ArtifactError(f"{folder} holds {PROJECTOR_WEIGHTS} but its {ORACLE_CONFIG} names no projector")
+    return config
 
 
 def verify_safetensors(path: Path) -> None:

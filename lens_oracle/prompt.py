@@ -3,10 +3,15 @@
 AO preset (one user turn through the tokenizer's chat template, generation prompt on,
 thinking off): ``"Layer: {L}\\n" + " ?" * K + " \\n" + question``. Only answer tokens are
 supervised; prompt tokens get the label ``-100``.
+
+Multi-layer queries (Meta-Models) read the same positions at several layers; each layer gets
+its own tagged group, in order: ``"Layer: 2\\n ? ? \\nLayer: 4\\n ? ? \\n" + question``. With
+one layer this is exactly the AO text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,11 +22,35 @@ IGNORE_INDEX = -100
 """Label value that the loss ignores (prompt tokens, padding)."""
 
 
-def oracle_user_text(layer: int, n_vectors: int, question: str, placeholder: str = " ?") -> str:
-    """The AO user-turn text: layer tag, one placeholder per vector, then the question."""
+LayerTag = int | tuple[int, ...]
+"""The read layer(s) of one query: one layer, or one per tagged placeholder group."""
+
+
+def layer_groups(layer: int | Sequence[int], n_vectors: int) -> tuple[tuple[int, int], ...]:
+    """``(layer, count)`` of each placeholder group: the vectors split evenly over the layers.
+
+    A multi-layer query reads the same positions at every layer, so ``n_vectors`` must be a
+    multiple of the number of layers; vectors are ordered layer by layer.
+    """
+    layers = (layer,) if isinstance(layer, int) else tuple(layer)
     if n_vectors < 1:
         raise PromptError(f"an oracle prompt needs at least one placeholder, got {n_vectors}")
-    return f"Layer: {layer}\n" + placeholder * n_vectors + " \n" + question
+    if not layers:
+        raise PromptError("a multi-layer query needs at least one layer tag")
+    if n_vectors % len(layers):
+        raise PromptError(
+            f"{n_vectors} vectors do not split evenly over the {len(layers)} layers {list(layers)}; "
+            "a multi-layer query reads the same positions at every layer, in layer order"
+        )
+    return tuple((int(tag), n_vectors // len(layers)) for tag in layers)
+
+
+def oracle_user_text(
+    layer: int | Sequence[int], n_vectors: int, question: str, placeholder: str = " ?"
+) -> str:
+    """The AO user-turn text: per layer a tag and one placeholder per vector, then the question."""
+    groups = layer_groups(layer, n_vectors)
+    return "".join(f"Layer: {tag}\n" + placeholder * k + " \n" for tag, k in groups) + question
 
 
 @dataclass(frozen=True)
@@ -65,7 +94,7 @@ def _ids(tokenizer: Any, text: str, special: bool) -> list[int]:
 def encode_oracle_prompt(
     tokenizer: Any,
     config: PromptConfig,
-    layer: int,
+    layer: int | Sequence[int],
     n_vectors: int,
     question: str,
     answer: str | None = None,

@@ -9,12 +9,14 @@ separate target model instead.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -29,10 +31,13 @@ from lens_oracle.checkpoint import (
 )
 from lens_oracle.config import Site, TrainConfig
 from lens_oracle.data.example import OracleExample
-from lens_oracle.data.mixture import length_grouped_batches
+from lens_oracle.data.mixture import pass_lengths, two_pass_batches
 from lens_oracle.errors import ArtifactError, ConfigError, DataError, TrainingError
-from lens_oracle.models import LoadedModel, clean_key
-from lens_oracle.oracle import ActivationOracle
+from lens_oracle.models import LoadedModel
+from lens_oracle.oracle import ActivationOracle, OracleBatch
+
+if TYPE_CHECKING:
+    from lens_oracle.distributed import DistributedContext
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +67,7 @@ def target_reader(model: LoadedModel, site: Site = "resid_post") -> VectorReader
             model,
             [ex.context_ids for ex in examples],
             [ex.positions for ex in examples],
-            [ex.layer for ex in examples],
+            [ex.read_layers for ex in examples],
             site=site,
         )
 
@@ -79,15 +84,19 @@ def self_reader(oracle: ActivationOracle) -> VectorReader:
     return read
 
 
-def batch_loss(oracle: ActivationOracle, examples: Batch, reader: VectorReader | None = None) -> torch.Tensor:
-    """Loss of one batch: the examples' vectors from ``reader`` (default :func:`self_reader`),
-    then the injected oracle pass."""
+def encode_examples(oracle: ActivationOracle, examples: Batch, reader: VectorReader | None = None) -> OracleBatch:
+    """The examples' vectors from ``reader`` (default :func:`self_reader`) with their oracle
+    prompts, tokenized and padded into one batch."""
     vectors = (reader or self_reader(oracle))(examples)
-    batch = oracle.encode(
-        vectors, [ex.layer for ex in examples], [ex.question for ex in examples],
+    return oracle.encode(
+        vectors, [ex.layer_tag for ex in examples], [ex.question for ex in examples],
         [ex.answer for ex in examples],
     )
-    return oracle.loss(batch)
+
+
+def batch_loss(oracle: ActivationOracle, examples: Batch, reader: VectorReader | None = None) -> torch.Tensor:
+    """Loss of one batch: :func:`encode_examples`, then the injected oracle pass."""
+    return oracle.loss(encode_examples(oracle, examples, reader))
 
 
 class Trainer:
@@ -104,9 +113,14 @@ class Trainer:
     ) -> None:
         """``reader`` supplies the vectors (default: the oracle's own base model, adapter off);
         ``loss_fn`` replaces the whole per-batch loss (tests use it to inject failures)."""
-        if not oracle.model.has_adapter:
+        if not oracle.model.has_adapter and oracle.projector is None:
             raise TrainingError("the oracle has no adapter to train; create it with an AdapterConfig")
-        params = oracle.model.trainable_parameters()
+        if oracle.projector is not None and reader is None and loss_fn is None:
+            raise TrainingError(
+                "a cross-model oracle reads another model's activations: pass "
+                "reader=target_reader(source_model) (or train_oracle(..., source=source_model))"
+            )
+        params = oracle.trainable_parameters()
         if not params:
             raise TrainingError("the oracle has no trainable parameters; load it with trainable=True")
         self.oracle = oracle
@@ -149,6 +163,8 @@ class Trainer:
                 log.info("resumed from step %d in %s", state.step, folder)
         model = self.oracle.model.hf_model
         model.train()
+        checkpointing = contextlib.ExitStack()
+        checkpointing.enter_context(self.oracle.model.gradient_checkpointing(cfg.gradient_checkpointing))
         bar = tqdm(total=total, initial=result.steps, desc="training oracle", disable=not cfg.progress, unit="step")
         try:
             for step in range(result.steps, total):
@@ -166,14 +182,11 @@ class Trainer:
         finally:
             bar.close()
             model.eval()
+            checkpointing.close()
         return result
 
     def _named_trainable(self) -> dict[str, torch.nn.Parameter]:
-        return {
-            clean_key(name): param
-            for name, param in self.oracle.model.hf_model.named_parameters()
-            if param.requires_grad
-        }
+        return self.oracle.named_trainable_parameters()
 
     def _checkpoint(self, folder: Path, step: int, scheduler: Any, result: TrainResult) -> None:
         torch_rng, python_rng = capture_rng()
@@ -243,6 +256,16 @@ def linear_schedule(total_steps: int, warmup_fraction: float) -> Callable[[int],
     return factor
 
 
+def training_batches(
+    oracle: ActivationOracle, examples: Sequence[OracleExample], config: TrainConfig
+) -> list[list[OracleExample]]:
+    """The batches :func:`train_oracle` trains on, in order: examples alike in both passes'
+    lengths (:func:`~lens_oracle.data.mixture.two_pass_batches`; questions and answers counted
+    with the oracle's tokenizer), the batch order shuffled with ``config.seed``."""
+    lengths = functools.partial(pass_lengths, tokenizer=oracle.model.tokenizer)
+    return two_pass_batches(examples, config.batch_size, config.seed, length_fn=lengths)
+
+
 def train_oracle(
     oracle: ActivationOracle,
     examples: Sequence[OracleExample],
@@ -252,21 +275,41 @@ def train_oracle(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     reader: VectorReader | None = None,
+    source: LoadedModel | None = None,
+    distributed: DistributedContext | None = None,
 ) -> TrainResult:
-    """Train ``oracle`` on ``examples`` with length-grouped batches (the common path).
+    """Train ``oracle`` on ``examples`` in :func:`training_batches` (the common path).
 
     ``reader`` supplies the activation vectors (default: the oracle's own base model with the
-    adapter off). See :meth:`Trainer.fit` for checkpointing and resuming.
+    adapter off); ``source`` is the shortcut for a cross-model oracle: read ``source`` as it is
+    (checked against the oracle's projector). See :meth:`Trainer.fit` for checkpointing and resuming.
+    Under ``torchrun`` the run is shared by all processes (``distributed``, default: the group
+    started by :func:`lens_oracle.distributed.init_distributed`); ``config.batch_size`` is then
+    the global batch.
     """
     config = config or TrainConfig()
     if not examples:
         raise DataError("no training examples given")
+    if source is not None:
+        if reader is not None:
+            raise ConfigError("give either reader=... or source=..., not both")
+        if oracle.projector is not None:
+            oracle.projector.check_source(source)
+        reader = target_reader(source, oracle.config.read_site)
+    projector = oracle.config.projector
+    n_layers = oracle.config.n_layers if projector is None else projector.source_n_layers
     for ex in examples:
-        if ex.layer >= oracle.config.n_layers:
+        if max(ex.read_layers) >= n_layers:
             raise DataError(
-                f"an example of task {ex.task!r} reads layer {ex.layer}, but the model has "
-                f"{oracle.config.n_layers} blocks"
+                f"an example of task {ex.task!r} reads layer {max(ex.read_layers)}, but the "
+                f"model it reads has {n_layers} blocks"
             )
-    batches = length_grouped_batches(examples, config.batch_size, config.seed)
-    trainer = Trainer(oracle, config, on_eval=on_eval, reader=reader)
+    from lens_oracle.distributed import DistributedTrainer, current_context
+
+    distributed = distributed if distributed is not None else current_context()
+    batches = training_batches(oracle, examples, config)
+    if distributed is not None and distributed.active:
+        trainer: Trainer = DistributedTrainer(oracle, config, distributed, on_eval=on_eval, reader=reader)
+    else:
+        trainer = Trainer(oracle, config, on_eval=on_eval, reader=reader)
     return trainer.fit(batches, checkpoint_dir=checkpoint_dir, resume=resume)

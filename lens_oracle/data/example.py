@@ -37,6 +37,9 @@ class OracleExample:
     """Human-readable context, for previews and reports only."""
     meta: Mapping[str, Any] = field(default_factory=dict)
     """Provenance: source file, row, builder settings. Plain JSON values only."""
+    extra_layers: tuple[int, ...] = ()
+    """Multi-layer queries (Meta-Models): more read layers after ``layer``. ``positions`` is
+    read at each of :attr:`read_layers`, and the oracle prompt gets one tagged group per layer."""
 
     def __post_init__(self) -> None:
         if len(self.context_ids) == 0:
@@ -50,15 +53,27 @@ class OracleExample:
                 f"example of task {self.task!r} reads positions {bad} outside its context of "
                 f"{n} tokens; positions must be in [0, {n - 1}]"
             )
-        if self.layer < 0:
-            raise DataError(f"example of task {self.task!r} has negative read layer {self.layer}")
+        if self.layer < 0 or any(x < 0 for x in self.extra_layers):
+            raise DataError(f"example of task {self.task!r} has a negative read layer {self.read_layers}")
+        if len(set(self.read_layers)) != len(self.read_layers):
+            raise DataError(f"example of task {self.task!r} reads a layer twice: {self.read_layers}")
         if not self.question.strip():
             raise DataError(f"example of task {self.task!r} has an empty question")
         if not self.answer.strip():
             raise DataError(f"example of task {self.task!r} has an empty answer; every example needs one")
 
+    @property
+    def read_layers(self) -> tuple[int, ...]:
+        """Every read layer, in prompt order: ``layer``, then ``extra_layers``."""
+        return (self.layer, *self.extra_layers)
+
+    @property
+    def layer_tag(self) -> int | tuple[int, ...]:
+        """What the oracle prompt is tagged with: ``layer``, or all read layers if several."""
+        return self.read_layers if self.extra_layers else self.layer
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        row = {
             "context_ids": list(self.context_ids),
             "positions": list(self.positions),
             "layer": self.layer,
@@ -68,6 +83,9 @@ class OracleExample:
             "context_text": self.context_text,
             "meta": dict(self.meta),
         }
+        if self.extra_layers:  # single-layer rows keep the original file format, byte for byte
+            row["extra_layers"] = list(self.extra_layers)
+        return row
 
     @classmethod
     def from_dict(cls, row: Mapping[str, Any]) -> OracleExample:
@@ -79,8 +97,12 @@ class OracleExample:
                 raise DataError(
                     f"example field {name!r} should be {kind.__name__}, got {type(row[name]).__name__}"
                 )
-        for name in ("context_ids", "positions"):
-            if not all(isinstance(v, int) and not isinstance(v, bool) for v in row[name]):
+        extra = row.get("extra_layers", [])
+        if not isinstance(extra, list):
+            raise DataError(f"example field 'extra_layers' should be list, got {type(extra).__name__}")
+        for name, values in (("context_ids", row["context_ids"]), ("positions", row["positions"]),
+                             ("extra_layers", extra)):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
                 raise DataError(f"example field {name!r} should hold integers only")
         return cls(
             context_ids=tuple(row["context_ids"]),
@@ -91,6 +113,7 @@ class OracleExample:
             task=str(row.get("task", "custom")),
             context_text=str(row.get("context_text", "")),
             meta=dict(row.get("meta", {})),
+            extra_layers=tuple(extra),
         )
 
 

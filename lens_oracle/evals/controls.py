@@ -85,7 +85,7 @@ def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
 def oracle_p_yes(
     oracle: ActivationOracle,
     vectors: Sequence[Tensor],
-    layer: int,
+    layer: int | tuple[int, ...],
     questions: Sequence[str],
     *,
     inject: bool = True,
@@ -129,7 +129,7 @@ def ask_oracle(
                     oracle.ask_batch(
                         list(vectors),
                         questions,
-                        layers=[prep.layer] * n,
+                        layers=[prep.tag] * n,
                         max_new_tokens=task.max_new_tokens,
                         batch_size=ctx.batch_size,
                         inject=inject,
@@ -142,7 +142,7 @@ def ask_oracle(
                         oracle_p_yes(
                             oracle,
                             vectors,
-                            prep.layer,
+                            prep.tag,
                             questions,
                             inject=inject,
                             batch_size=ctx.batch_size,

@@ -111,6 +111,8 @@ def score_output(
         "best_question": max(range(len(question_means)), key=question_means.__getitem__),
         **out.extras,
     }
+    if prepared.extra_layers:
+        extras["read_layers"] = [prepared.layer, *prepared.extra_layers]
     if out.p_yes:
         extras["calibration"] = _calibration(out.p_yes, items)
     return EvalResult(

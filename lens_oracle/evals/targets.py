@@ -69,7 +69,16 @@ def resolve_target(
     cache: MutableMapping[str, LoadedModel] | None = None,
     loader: ModelLoader | None = None,
 ) -> Target:
-    """Load ``spec``'s models (each folder once per ``cache``); no folder = the oracle's base."""
+    """Load ``spec``'s models (each folder once per ``cache``); no folder = the oracle's base.
+
+    A cross-model oracle reads its projector's source model: the task must name it (or pass
+    ``target=`` to the runner), and it is checked against the projector.
+    """
+    if oracle.projector is not None and spec.model is None:
+        raise EvalError(
+            f"the oracle reads {oracle.projector.config.source_model!r} activations through its "
+            "projector, not its own; name that model as the task's target or pass target=..."
+        )
     cache = {} if cache is None else cache
     loader = loader or default_loader(oracle)
 
@@ -84,12 +93,22 @@ def resolve_target(
         return cache[path]
 
     target = Target(get(spec.model), None if spec.base is None else get(spec.base))
-    if target.model.d_model != oracle.config.d_model:
+    check_target(oracle, target)
+    return target
+
+
+def check_target(oracle: ActivationOracle, target: Target) -> None:
+    """Refuse a target the oracle cannot read (another width, or not its projector's source)."""
+    if oracle.projector is not None:
+        try:
+            oracle.projector.check_source(target.model)
+        except LensOracleError as exc:
+            raise EvalError(str(exc)) from None
+    if target.model.d_model != oracle.input_d_model:
         raise EvalError(
             f"target {target.model.name!r} has d_model {target.model.d_model} but the oracle expects "
-            f"{oracle.config.d_model}; evaluate targets of the oracle's own model family"
+            f"{oracle.input_d_model}; evaluate targets of the oracle's own model family"
         )
-    return target
 
 
 @dataclass(frozen=True)
@@ -103,10 +122,18 @@ class Prepared:
     contexts: tuple[tuple[int, ...], ...]
     positions: tuple[tuple[int, ...], ...]
     vectors: tuple[torch.Tensor, ...]
-    """Item i's ``[len(positions[i]), d_model]`` float32 vectors (CPU)."""
+    """Item i's ``[len(positions[i]), d_model]`` float32 vectors (CPU); multi-layer tasks hold
+    ``len(positions[i])`` vectors per read layer, layer by layer."""
+    extra_layers: tuple[int, ...] = ()
+    """Resolved further read layers of a multi-layer task."""
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def tag(self) -> int | tuple[int, ...]:
+        """The oracle prompt's layer tag: the layer, or every read layer of a multi-layer task."""
+        return (self.layer, *self.extra_layers) if self.extra_layers else self.layer
 
     def questions(self, k: int) -> list[str]:
         """Paraphrase ``k`` of every item's question."""
@@ -127,12 +154,13 @@ def target_vectors(
     target: Target,
     contexts: Sequence[Sequence[int]],
     positions: Sequence[Sequence[int]],
-    layer: int,
+    layer: int | tuple[int, ...],
     *,
     site: Site = "resid_post",
     batch_size: int = 16,
 ) -> list[torch.Tensor]:
-    """Vectors at ``positions`` of ``layer``: the target's, or target minus base when diffing."""
+    """Vectors at ``positions`` of ``layer`` (or of each layer of a tuple, layer by layer): the
+    target's, or target minus base when diffing."""
 
     def read(model: LoadedModel) -> list[torch.Tensor]:
         out: list[torch.Tensor] = []
@@ -191,13 +219,20 @@ def prepare(
     if not items:
         raise EvalError(f"task {task.name!r}: no items to prepare")
     layer = read_layer(task, target.model)
+    try:
+        extra = tuple(resolve_layers(target.model, list(task.extra_layers)))
+    except LensOracleError as exc:
+        raise EvalError(f"task {task.name!r}: {exc}") from None
+    if len({layer, *extra}) != 1 + len(extra):
+        raise EvalError(f"task {task.name!r} reads a layer twice: {(layer, *extra)}")
     contexts, positions = tokenize_items(task, items, target.model.tokenizer)
     try:
         vectors = target_vectors(
-            target, contexts, positions, layer, site=task.site, batch_size=batch_size
+            target, contexts, positions, (layer, *extra) if extra else layer,
+            site=task.site, batch_size=batch_size,
         )
     except EvalError:
         raise
     except LensOracleError as exc:
         raise EvalError(f"task {task.name!r}: {exc}") from None
-    return Prepared(task, layer, items, tuple(contexts), tuple(positions), tuple(vectors))
+    return Prepared(task, layer, items, tuple(contexts), tuple(positions), tuple(vectors), extra)

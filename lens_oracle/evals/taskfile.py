@@ -11,6 +11,7 @@ Format (``version`` 1; a bare list of tasks is accepted too)::
         "questions": ["What colour is here?", "Which colour?"],  # paraphrases
         "target": {"model": "ft_model", "base": "base_model"},   # optional; folders
         "layer": 1, "site": "resid_post",                        # layer null: 50% depth
+        "extra_layers": [2, 3],                # optional: multi-layer queries (Meta-Models)
         "positions": {"kind": "last_token"},   # last_token | last_k(k) | segment(start, end)
                                                # | all_tokens(skip_special) | indices(indices)
                                                # | substring(text, occurrence)
@@ -56,6 +57,7 @@ _TASK_KEYS = {
     "target",
     "train_items",
     "max_new_tokens",
+    "extra_layers",
 }
 
 
@@ -124,9 +126,14 @@ def _scalars(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         not _is_int(data["max_new_tokens"]) or data["max_new_tokens"] < 1
     ):
         raise EvalError(f"{where}.max_new_tokens must be a positive integer")
+    extra = data.get("extra_layers", [])
+    if not isinstance(extra, list) or not all(_is_int(x) for x in extra):
+        raise EvalError(f"{where}.extra_layers must be a list of integers, got {extra!r}")
     for key in ("layer", "site", "scorer", "max_new_tokens"):
         if key in data:
             out[key] = data[key]
+    if extra:
+        out["extra_layers"] = tuple(extra)
     return out
 
 

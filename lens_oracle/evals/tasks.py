@@ -181,6 +181,9 @@ class EvalTask:
     train_items: tuple[EvalItem, ...] = ()
     """Labelled items for the supervised linear probe (never scored)."""
     max_new_tokens: int = 16
+    extra_layers: tuple[int, ...] = ()
+    """Multi-layer queries (Meta-Models): more read layers after ``layer``; the oracle gets the
+    same positions at every layer, one tagged group per layer."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -211,6 +214,10 @@ class EvalTask:
             )
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise EvalError(f"{where}: max_new_tokens must be a positive integer")
+        if isinstance(self.extra_layers, list):
+            object.__setattr__(self, "extra_layers", tuple(self.extra_layers))
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in self.extra_layers):
+            raise EvalError(f"{where}: extra_layers must be integers, got {self.extra_layers!r}")
         labels = set(self.label_set)
         if labels:
             for item in self.train_items:
@@ -260,4 +267,5 @@ class EvalTask:
             "target": self.target.to_dict(),
             "train_items": [i.to_dict() for i in self.train_items],
             "max_new_tokens": self.max_new_tokens,
+            **({"extra_layers": list(self.extra_layers)} if self.extra_layers else {}),
         }
