@@ -210,6 +210,11 @@ class ActivationOracle:
         batch_size: int = 16,
     ) -> Activations:
         """Read activations from the oracle's own base model (adapter off)."""
+        if self.projector is not None:
+            raise ActivationError(
+                f"this oracle reads {self.projector.config.source_model!r} through its projector, "
+                "not its own model: capture with lens_oracle.capture(source_model, ...)"
+            )
         with self.adapter_disabled() as base:
             return capture(base, prompts, layer, site=site, positions=positions, batch_size=batch_size)
 

@@ -313,3 +313,16 @@ def test_multi_layer_activations_records_ask(models) -> None:
     shorter = capture_layers(source, ["w1 red w2"], [2])[2]
     with pytest.raises(ActivationError, match="same prompts and positions"):
         oracle.ask_batch([by_layer[1], shorter], "what ?")
+
+
+def test_with_projector_shares_the_model_and_capture_points_to_the_source(models) -> None:
+    tok, source = models
+    plain = ActivationOracle.create(build_llama(tok), tok, adapter=ADAPTER)
+    cross = plain.with_projector(projector_config(source, (1,)), seed=1)
+    assert cross.model is plain.model and plain.projector is None
+    assert (cross.input_d_model, plain.input_d_model) == (SOURCE_D, ORACLE_D)
+    assert cross.config.projector.source_model == "src" and cross.config.adapter == plain.config.adapter
+    with pytest.raises(ActivationError, match="capture with lens_oracle.capture"):
+        cross.capture(["w1 red"], 1)
+    with pytest.raises(ConfigError, match="has no projector"):
+        plain.set_trainable(projector=True)

@@ -56,3 +56,15 @@ def test_evaluate_smoke(tmp_path: Path) -> None:
     done = run_tutorial("03_evaluate.py", "--out", str(tmp_path / "eval"), tmp_path=tmp_path)
     check(done, "03_evaluate.py", ["oracle", "ablated_shuffle", "black_box", "logit_lens"])
     assert (tmp_path / "eval" / "results.json").is_file()
+
+
+def test_cross_model_smoke(tmp_path: Path) -> None:
+    done = run_tutorial("04_cross_model.py", "--out", str(tmp_path / "meta"), tmp_path=tmp_path)
+    check(done, "04_cross_model.py", [
+        "read at layers (0, 1)", "oracle prompt: 'Layer: 0\\n ? ? ? \\nLayer: 1\\n ? ? ? \\n", "trained ",
+        "reloaded oracle answers:", "lie detection (statement lies)", "| ablated_shuffle |",
+        "| text-only: the meta-model's base reads the chat |",
+    ])
+    assert sorted(p.name for p in (tmp_path / "meta").iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "oracle_config.json", "projector.safetensors",
+    ]
