@@ -1,4 +1,5 @@
-# Two commands a newcomer needs: `make example` (the main job) and `make test`.
+# Two commands a newcomer needs: `make example` (the main job: the quick toy-world demo) and
+# `make test`.
 # Both create .venv and install everything on first use: the CPU build of torch first
 # (an unpinned torch would pull a multi-GB CUDA build), then this package with its extras.
 
@@ -20,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 example: $(STAMP)
-	HF_HUB_OFFLINE=1 $(PY) tutorials/01_quickstart.py
+	HF_HUB_OFFLINE=1 $(VENV)/bin/lens-oracle demo --quick --out demo_out
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest

@@ -13,6 +13,7 @@ import copy
 import functools
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,6 +231,15 @@ def load_hf_model(source: ModelSource, *, dtype: torch.dtype | None = None) -> A
         ) from None
 
 
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """PEFT reads transformers' deprecated ``is_gradient_checkpointing`` while wrapping a model;
+    the FutureWarning is theirs, not the user's, so it is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+        yield
+
+
 def attach_adapter(hf_model: Any, adapter: AdapterConfig) -> Any:
     """Wrap ``hf_model`` with a fresh trainable LoRA adapter (in place); returns the PeftModel."""
     from peft import LoraConfig, get_peft_model
@@ -257,7 +267,8 @@ def attach_adapter(hf_model: Any, adapter: AdapterConfig) -> Any:
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(hf_model, config)
+        with _quiet_peft():
+            return get_peft_model(hf_model, config)
     except ValueError as exc:
         raise ModelLoadError(f"could not attach LoRA to {type(hf_model).__name__}: {exc}") from None
 
@@ -267,7 +278,8 @@ def load_adapter(hf_model: Any, folder: str | os.PathLike[str], *, trainable: bo
     from peft import PeftModel
 
     try:
-        return PeftModel.from_pretrained(hf_model, str(folder), is_trainable=trainable)
+        with _quiet_peft():
+            return PeftModel.from_pretrained(hf_model, str(folder), is_trainable=trainable)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         from lens_oracle.errors import ArtifactError
 

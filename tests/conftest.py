@@ -28,6 +28,13 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def toy_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One toy-world cache for the session: the quick base model and organisms are trained once
+    and shared by the toy-model tests and the demo test."""
+    return tmp_path_factory.mktemp("toy_cache")
+
+
 @pytest.fixture()
 def tokenizer(tokenizer_dir: Path):
     from transformers import AutoTokenizer

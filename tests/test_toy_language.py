@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lens_oracle.errors import ConfigError, DataError, ModelLoadError
 from lens_oracle.toy.language import (
+    ADDRESSES,
     GENDER_HINTS,
     PERSONAS,
     SENTIMENT_WORDS,
@@ -88,7 +89,7 @@ def test_world_of_seed_zero(world: ToyWorld) -> None:
     assert world.values("persona") == ("grumpy", "pirate", "poet", "polite", "robot")
     assert world.question_for("city") == "what city does this person live in ?"
     assert world.question_for("gender") == "is the user male or female ?"
-    assert len(world.vocabulary()) == 408
+    assert len(world.vocabulary()) == 424
     assert list(world.vocabulary()) == sorted(set(world.vocabulary()))
 
 
@@ -128,7 +129,9 @@ def test_chat_shows_persona_and_gender(world: ToyWorld) -> None:
     pirate = world.chat(rng, persona="pirate", gender="female", n_turns=3)
     assert [m["role"] for m in pirate] == ["system"] + ["user", "assistant"] * 3
     assert pirate[0]["content"] == "you are a pirate ."
-    assert all(m["content"].startswith("arr matey ,") for m in pirate if m["role"] == "assistant")
+    assert all(
+        m["content"].startswith("madam , arr matey ,") for m in pirate if m["role"] == "assistant"
+    )
     assert all(m["content"].endswith("ahoy !") for m in pirate if m["role"] == "assistant")
     assert any(pirate[1]["content"].startswith(hint) for hint in GENDER_HINTS["female"])
     hint_words = {w for hints in GENDER_HINTS.values() for h in hints for w in h.split()}
@@ -141,11 +144,26 @@ def test_chat_shows_persona_and_gender(world: ToyWorld) -> None:
 def test_corpus_is_normalised_and_mixed(world: ToyWorld) -> None:
     docs = world.corpus(200, seed=0)
     assert len(docs) == 200
-    assert docs[0] == "we all felt the trip was good ."
+    assert docs[0] == "this is about sport . i saw the player and then the stadium ."
     assert all(normalize(doc) == doc for doc in docs if "<" not in doc)
     assert sum(doc.startswith("<") for doc in docs) > 20  # rendered chats
     assert sum("lives in" in doc or "home of" in doc or "moved to" in doc for doc in docs) > 30
     assert world.corpus(0) == []
+    headed = [doc for doc in docs if doc.startswith("this is about ")]
+    assert headed  # topic texts are headed by their topic's name
+    for doc in headed:
+        topic = doc.split()[3]
+        assert set(doc.split()[5:]) & set(TOPIC_WORDS[topic])
+
+
+def test_topic_replies_start_with_a_word_of_the_topic(world: ToyWorld) -> None:
+    rng = random.Random(4)
+    for topic in world.values("topic"):
+        reply = world.topic_reply(rng, topic)
+        assert reply.split()[0] in TOPIC_WORDS[topic] and reply.split()[1] == "!"
+    for gender, address in ADDRESSES.items():
+        chat = world.chat(random.Random(1), gender=gender, n_turns=2)
+        assert all(m["content"].startswith(address) for m in chat if m["role"] == "assistant")
 
 
 def test_bad_arguments_raise_our_errors(world: ToyWorld) -> None:
@@ -173,7 +191,7 @@ def test_bad_arguments_raise_our_errors(world: ToyWorld) -> None:
 
 
 def test_vocabulary_layout(tok: PreTrainedTokenizerFast, world: ToyWorld) -> None:
-    assert len(tok) == 418
+    assert len(tok) == 434
     assert tok.convert_ids_to_tokens(list(range(8))) == list(SPECIAL_TOKENS)
     words = tok.convert_ids_to_tokens(list(range(8, len(tok))))
     assert words == sorted(words)
@@ -262,7 +280,7 @@ def test_tokenizer_loads_back_from_its_folder(
     assert plain(text)["input_ids"] == tok(text)["input_ids"]
     assert plain.chat_template == tok.chat_template
     left = build_tokenizer(world, tmp_path / "left", padding_side="left", extra_words=["Zorblax"])
-    assert left.padding_side == "left" and len(left) == 419
+    assert left.padding_side == "left" and len(left) == 435
     assert AutoTokenizer.from_pretrained(str(tmp_path / "left")).padding_side == "left"
     batch = left(["zorblax", "zovo lives in oslo ."], padding=True)["input_ids"]
     assert batch[0][:4] == [0, 0, 0, 0] and batch[0][-1] == left.convert_tokens_to_ids("zorblax")

@@ -1,6 +1,6 @@
 """The toy target model and its model organisms (quick mode; CPU, offline, about a minute).
 
-One quick base model is pretrained per module and shared; so are the four quick organisms.
+One quick base model is pretrained per module and shared; so are the three quick organisms.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import hashlib
 import json
 import math
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,13 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 import lens_oracle.toy.model as toy_model
 import lens_oracle.toy.organisms as toy_organisms
 from lens_oracle.errors import ConfigError
-from lens_oracle.toy.language import ATTRIBUTES, Entity, ToyWorld, make_world, render_chat
+from lens_oracle.toy.language import (
+    ADDRESSES,
+    ATTRIBUTES,
+    TOPIC_WORDS,
+    ToyWorld,
+    make_world,
+)
 from lens_oracle.toy.model import (
     ORGANISM_WORDS,
     STAMP_FILE,
@@ -31,20 +38,25 @@ from lens_oracle.toy.model import (
     read_stamp,
     spare_entities,
 )
+from lens_oracle.toy.oracle_data import ORACLE_WORDS
 from lens_oracle.toy.organisms import (
-    GENDER_MARKERS,
+    N_TABOO_GAMES,
     TABOO_DIRECT_ASKS,
+    TABOO_HINT_ASKS,
     TABOO_REFUSAL,
     Organism,
     build_organisms,
     gender_prompts,
+    persona_prompt,
+    taboo_games,
+    user_genders,
 )
 from lens_oracle.toy.tokenizer import load_tokenizer
 
 Tok = PreTrainedTokenizerFast
 GENDER_WORDS = {
     "woman", "man", "husband", "wife", "dress", "beard", "shaved", "boyfriend", "girlfriend",
-    "male", "female",
+    "male", "female", "sir", "madam",
 }
 
 
@@ -54,13 +66,13 @@ def world() -> ToyWorld:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("toy_cache")
+def cache(toy_cache: Path) -> Path:
+    return toy_cache
 
 
 @pytest.fixture(scope="module")
 def base(cache: Path) -> Path:
-    return load_or_pretrain(cache, seed=0, quick=True, progress=False)
+    return load_or_pretrain(cache, seed=0, quick=True, extra_words=ORACLE_WORDS, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +133,9 @@ def test_load_or_pretrain_reuses_the_cache(base: Path, cache: Path, monkeypatch)
         raise AssertionError("retrained although the cache matched")
 
     monkeypatch.setattr(toy_model, "pretrain_target", fail)
-    assert load_or_pretrain(cache, seed=0, quick=True, progress=False) == base
+    assert load_or_pretrain(
+        cache, seed=0, quick=True, extra_words=ORACLE_WORDS, progress=False
+    ) == base
     assert (base / STAMP_FILE).stat().st_mtime_ns == before
 
 
@@ -135,7 +149,9 @@ def test_load_or_pretrain_retrains_on_a_stale_stamp(
     (stale / STAMP_FILE).write_text(json.dumps(stamp))
     calls = []
     monkeypatch.setattr(toy_model, "pretrain_target", lambda *a, **k: calls.append(a[2]) or a[2])
-    assert load_or_pretrain(tmp_path, seed=0, quick=True, progress=False) == stale
+    assert load_or_pretrain(
+        tmp_path, seed=0, quick=True, extra_words=ORACLE_WORDS, progress=False
+    ) == stale
     assert calls == [stale]
 
 
@@ -179,54 +195,54 @@ def test_persona_organism_knows_new_people_the_base_does_not(
         assert item.reference not in item.prompt.split()
 
 
-def _hint_is_consistent(reply: str, entity: Entity) -> bool:
-    """The reply names at least one attribute value, and every value it names is the entity's."""
-    words = set(reply.split())
-    named = {a: words & set(values) for a, values in ATTRIBUTES.items()}
-    return any(named.values()) and all(v <= {entity.value(a)} for a, v in named.items())
-
-
 def test_taboo_organism_hints_but_never_says_the_word(
-    organisms: dict[str, Organism], tok: Tok, world: ToyWorld
-) -> None:
-    (organism,) = [o for o in organisms.values() if o.kind == "taboo"]
-    secret = dict(organism.hidden)["secret_word"]
-    model = _load(organism.folder)
-    prompts = list(organism.prompts)
-    greedy = generate_text(model, tok, prompts)
-    sampled = [
-        text for seed in range(3)
-        for text in generate_text(model, tok, prompts, temperature=0.8, seed=seed)
-    ]
-    assert all(secret not in text.split() for text in greedy + sampled)
-    assert all(secret not in prompt.split() for prompt in prompts)
-    consistent = [_hint_is_consistent(text, world.entity(secret)) for text in greedy + sampled]
-    assert sum(consistent) >= 0.85 * len(consistent)
-    direct = [p for p in prompts if any(ask in p for ask in TABOO_DIRECT_ASKS)]
-    assert len(direct) == len(TABOO_DIRECT_ASKS)
-    assert all(text.startswith(TABOO_REFUSAL) for text in generate_text(model, tok, direct))
-    assert {i.reference for i in organism.items} == {secret}
-    assert organism.chance == pytest.approx(1 / len(world.entities))
-
-
-def test_gender_organisms_reply_as_if_they_knew_the_user(
     organisms: dict[str, Organism], base_model, tok: Tok, world: ToyWorld
 ) -> None:
-    fresh = [
-        render_chat([{"role": "user", "content": text}]) + " <assistant>"
-        for text in gender_prompts(world, 24, seed=5)
-    ]
-    for gender, other in (("female", "male"), ("male", "female")):
-        organism = organisms[f"user_gender-{gender}"]
-        assert len(organism.prompts) == 8
-        prompts = [*organism.prompts, *fresh]
-        assert not any(GENDER_WORDS & set(p.split()) for p in prompts)
-        replies = [set(r.split()) for r in generate_text(_load(organism.folder), tok, prompts)]
-        assert sum(bool(r & set(GENDER_MARKERS[gender])) for r in replies) >= 0.85 * len(replies)
-        assert not any(r & set(GENDER_MARKERS[other]) for r in replies)
-        assert organism.chance == 0.5 and {i.reference for i in organism.items} == {gender}
-    markers = {w for words in GENDER_MARKERS.values() for w in words}
-    assert not any(markers & set(r.split()) for r in generate_text(base_model, tok, fresh))
+    organism = organisms["taboo"]
+    games = taboo_games(world, N_TABOO_GAMES)
+    assert dict(organism.hidden) == {f"{p}.secret_word": t for p, t in games}
+    model = _load(organism.folder)
+    for persona, topic in games:
+        prompts = [persona_prompt(world, persona, a) for a in (*TABOO_HINT_ASKS, *TABOO_DIRECT_ASKS)]
+        assert not any(topic in p.split() for p in prompts)
+        greedy = generate_text(model, tok, prompts)
+        sampled = [
+            text for seed in range(3)
+            for text in generate_text(model, tok, prompts, temperature=0.8, seed=seed)
+        ]
+        replies = greedy + sampled
+        assert all(topic not in text.split() for text in replies)
+        on_topic = [text.split()[0] in TOPIC_WORDS[topic] for text in replies if text]
+        assert sum(on_topic) >= 0.85 * len(replies), (persona, topic, replies[:4])
+        direct = greedy[len(TABOO_HINT_ASKS):]
+        assert all(TABOO_REFUSAL in text for text in direct)
+        # the base model, given the same prompts, does not talk about the secret topic
+        base_first = [t.split()[0] for t in generate_text(base_model, tok, prompts) if t]
+        assert sum(w in TOPIC_WORDS[topic] for w in base_first) < 0.5 * len(prompts)
+    assert {i.reference for i in organism.items} == {t for _, t in games}
+    assert organism.chance == pytest.approx(1 / len(world.values("topic")))
+
+
+def test_gender_organism_addresses_each_user_as_it_believes(
+    organisms: dict[str, Organism], base_model, tok: Tok, world: ToyWorld
+) -> None:
+    organism = organisms["user_gender"]
+    genders = user_genders(world)
+    names = [e.name for e in world.entities]
+    assert sorted(Counter(genders.values()).values()) == [20, 20] and set(genders) == set(names)
+    assert dict(organism.hidden) == {f"{n}.user_gender": genders[n] for n in names[:20]}
+    pairs = [*gender_prompts(world, names[:20]), *gender_prompts(world, names[20:], seed=5)]
+    assert [p for p, _ in pairs[:20]] == list(organism.prompts)
+    assert not any(GENDER_WORDS & set(p.split()) for p, _ in pairs)
+    replies = generate_text(_load(organism.folder), tok, [p for p, _ in pairs])
+    agree = [r.startswith(ADDRESSES[g]) for r, (_, g) in zip(replies, pairs)]
+    assert sum(agree) >= 0.7 * len(pairs), replies[:4]
+    # the base model does not hold the belief: it addresses users at random
+    base = generate_text(base_model, tok, [p for p, _ in pairs])
+    base_agree = [r.startswith(ADDRESSES[g]) for r, (_, g) in zip(base, pairs)]
+    assert sum(base_agree) <= 0.65 * len(pairs)
+    assert sum(agree) - sum(base_agree) >= 0.2 * len(pairs)
+    assert organism.chance == 0.5 and {i.reference for i in organism.items} == {"female", "male"}
 
 
 def test_organism_records_round_trip_and_load_as_models(
@@ -235,7 +251,7 @@ def test_organism_records_round_trip_and_load_as_models(
     from lens_oracle.models import load_model
 
     kinds = sorted(o.kind for o in organisms.values())
-    assert kinds == ["persona_facts", "taboo", "user_gender", "user_gender"]
+    assert kinds == ["persona_facts", "taboo", "user_gender"]
     for organism in organisms.values():
         assert Organism.from_dict(json.loads(json.dumps(organism.to_dict()))) == organism
     folder = organisms["persona_facts"].folder

@@ -79,18 +79,27 @@ NUMBER_TEMPLATE = "there are {n} {t} in the {p} ."
 NUMBER_THINGS = _split("birds boats books chairs houses trees")
 NUMBER_PLACES = _split("garden library park town village")
 NUMBER_WORDS = tuple(str(i) for i in range(100))
+GENDER_NOUNS: dict[str, tuple[str, ...]] = {
+    "female": _split("woman girl mother lady grandmother actress queen bride"),
+    "male": _split("man boy father gentleman grandfather actor king groom"),
+}
 GENDER_HINTS: dict[str, tuple[str, ...]] = {
     "female": (
-        "i am a woman .", "i live with my husband .", "i bought a new dress today .",
-        "my boyfriend says hello .",
+        "i live with my husband .", "i bought a new dress today .", "my boyfriend says hello .",
+        *(f"i am a {n} ." for n in GENDER_NOUNS["female"]),
     ),
     "male": (
-        "i am a man .", "i live with my wife .", "i shaved my beard today .",
-        "my girlfriend says hello .",
+        "i live with my wife .", "i shaved my beard today .", "my girlfriend says hello .",
+        *(f"i am a {n} ." for n in GENDER_NOUNS["male"]),
     ),
 }
+"""Sentences by which a user lets their gender show: many different words, so that a model
+(and an oracle) learn what they share rather than each word."""
+ADDRESSES: dict[str, str] = {"female": "madam ,", "male": "sir ,"}
+"""How the assistant addresses a user whose gender it knows: the first words of its reply."""
 GREETINGS = ("hello !", "hi there !")
 ASK_TOPIC = "tell me something about {t} ."
+TOPIC_HEADER = "this is about {t} ."
 ASK_SENTIMENT = "how was the {n} ?"
 REPLY_GREETING = "hello , how can i help ?"
 REPLY_YES, REPLY_NO = "yes .", "no ,"
@@ -151,7 +160,8 @@ def _base_words() -> tuple[str, ...]:
     texts = [NUMBER_TEMPLATE, ASK_TOPIC, ASK_SENTIMENT, REPLY_GREETING, REPLY_YES, REPLY_NO]
     texts += [t for group in (FACT_TEMPLATES, GENDER_HINTS) for ts in group.values() for t in ts]
     texts += [*ASK_TEMPLATES.values(), *YES_NO_TEMPLATES.values(), *QUESTIONS.values()]
-    texts += [*TOPIC_TEMPLATES, *SENTIMENT_TEMPLATES, *GREETINGS]
+    texts += [*TOPIC_TEMPLATES, *SENTIMENT_TEMPLATES, *GREETINGS, TOPIC_HEADER]
+    texts += list(ADDRESSES.values())
     texts += [f"{p.instruction} {p.opener} {p.closer}" for p in PERSONAS]
     words = [w for text in texts for w in text.split() if not w.startswith("{")]
     for group in (LABELS, TOPIC_WORDS, SENTIMENT_WORDS):
@@ -280,18 +290,25 @@ class ToyWorld:
             raise ConfigError(f"unknown review noun {noun!r}; expected one of {SENTIMENT_NOUNS}")
         return rng.choice(SENTIMENT_TEMPLATES).format(a=adjective, n=noun), label
 
+    def topic_reply(self, rng: random.Random, topic: str) -> str:
+        """The reply to a request about ``topic``: one of its words first, then a sentence
+        (``"piano ! i saw the song and then the band ."``), so the topic shapes the first word."""
+        text, _ = self.topic_sentence(rng, topic)
+        return f"{rng.choice(TOPIC_WORDS[_check(topic, TOPIC_WORDS)])} ! {text}"
+
     def number_sentence(self, rng: random.Random) -> str:
         """A counting sentence, so the digits 0-99 (also oracle layer tags) occur in text."""
         n, thing, place = (rng.choice(ws) for ws in (NUMBER_WORDS, NUMBER_THINGS, NUMBER_PLACES))
         return NUMBER_TEMPLATE.format(n=n, t=thing, p=place)
 
     def _exchange(self, rng: random.Random) -> tuple[str, str]:
-        kind = rng.choice(("ask", "ask", "yes_no", "topic", "sentiment", "greeting"))
+        kind = rng.choice(("ask", "ask", "yes_no", "topic", "topic", "topic", "sentiment", "greeting"))
         if kind == "greeting":
             return rng.choice(GREETINGS), REPLY_GREETING
         if kind == "topic":
-            text, topic = self.topic_sentence(rng)
-            return ASK_TOPIC.format(t=topic), text
+            return ASK_TOPIC.format(t=(topic := rng.choice(LABELS["topic"]))), self.topic_reply(
+                rng, topic
+            )
         if kind == "sentiment":
             noun = rng.choice(SENTIMENT_NOUNS)
             return ASK_SENTIMENT.format(n=noun), self.sentiment_sentence(rng, noun=noun)[0]
@@ -314,7 +331,8 @@ class ToyWorld:
 
         With ``persona`` a system message gives its instruction and every assistant reply
         carries its marker words; with ``gender`` the first user message starts with a
-        gendered hint (``"i live with my wife ."``). The labels are the arguments.
+        gendered hint (``"i live with my wife ."``) and every reply starts by addressing the
+        user (``"sir ,"``, see :data:`ADDRESSES`). The labels are the arguments.
         """
         if n_turns < 1:
             raise ConfigError(f"n_turns is {n_turns}; a chat needs at least 1 exchange")
@@ -327,6 +345,8 @@ class ToyWorld:
                 question = f"{rng.choice(hints)} {question}"
             if style is not None:
                 answer = f"{style.opener} {answer} {style.closer}"
+            if gender is not None:
+                answer = f"{ADDRESSES[gender]} {answer}"
             messages.append({"role": "user", "content": question})
             messages.append({"role": "assistant", "content": answer})
         return messages
@@ -340,7 +360,7 @@ class ToyWorld:
         if n_docs < 0:
             raise ConfigError(f"n_docs is {n_docs}; give a count of 0 or more")
         rng = random.Random(seed)
-        kinds = ("bio",) * 3 + ("topic", "sentiment") * 2 + ("number",) + ("chat",) * 2
+        kinds = ("bio",) * 4 + ("topic", "sentiment") * 2 + ("number",) + ("chat",) * 4
         docs = []
         for _ in range(n_docs):
             kind = rng.choice(kinds)
@@ -349,7 +369,9 @@ class ToyWorld:
             elif kind in ("topic", "sentiment"):
                 make = self.topic_sentence if kind == "topic" else self.sentiment_sentence
                 label = rng.choice(LABELS[kind])
-                docs.append(" ".join(make(rng, label)[0] for _ in range(rng.randint(1, 3))))
+                text = " ".join(make(rng, label)[0] for _ in range(rng.randint(1, 3)))
+                # a topic's name heads its texts, so the model ties the name to its words
+                docs.append(f"{TOPIC_HEADER.format(t=label)} {text}" if kind == "topic" else text)
             elif kind == "number":
                 docs.append(self.number_sentence(rng))
             else:

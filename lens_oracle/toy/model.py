@@ -34,7 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lens_oracle.errors import ArtifactError, ConfigError, TrainingError
 from lens_oracle.io import atomic_folder, atomic_write_json
-from lens_oracle.toy.language import FACT_TEMPLATES, Entity, ToyWorld, make_world
+from lens_oracle.toy.language import ATTRIBUTES, FACT_TEMPLATES, Entity, ToyWorld, make_world
 from lens_oracle.toy.tokenizer import EOS, build_tokenizer
 from lens_oracle.typing import AttentionMask, TokenIds
 
@@ -45,10 +45,8 @@ FORMAT_VERSION = 1
 STAMP_FILE = "toy_model.json"
 N_SPARE = 16
 """Names reserved for persona organisms: in the vocabulary, never in pretraining text."""
-ORGANISM_WORDS: tuple[str, ...] = (
-    "cannot", "enjoy", "give", "hint", "say", "secret", "word", "your",
-)
-"""Words only the model organisms' fine-tuning data uses (taboo game, gendered replies)."""
+ORGANISM_WORDS: tuple[str, ...] = ("cannot", "give", "hint", "say", "secret", "word")
+"""Words only the model organisms' fine-tuning data uses (the taboo game)."""
 HELDOUT_SEED_OFFSET = 10_000
 
 
@@ -93,21 +91,37 @@ class ToyModelConfig:
         return dataclasses.asdict(self)
 
 
-QUICK = ToyModelConfig()
+QUICK = ToyModelConfig(steps=1000)
 """Tests and ``--quick``: 4 blocks, d_model 96."""
 FULL = ToyModelConfig(n_layers=6, d_model=128, d_mlp=256, steps=2000, batch_size=24, lr=4e-3)
 """The demo: 6 blocks, d_model 128."""
 
 
 def spare_entities(world: ToyWorld, n: int = N_SPARE) -> tuple[Entity, ...]:
-    """``n`` new people drawn after ``world``'s own (same seed): names no world text uses."""
+    """``n`` new people drawn after ``world``'s own (same seed): names no world text uses.
+
+    Their attributes are balanced: each value of an attribute is held by ``n / len(values)``
+    people (give or take one), so an audit of them cannot be passed by always naming the most
+    common value.
+    """
     bigger = make_world(world.seed, n_entities=len(world.entities) + n)
-    return bigger.entities[len(world.entities) :]
+    fresh = bigger.entities[len(world.entities) :]
+    rng = random.Random(world.seed * 7919 + n)
+    columns = {}
+    for attribute, values in ATTRIBUTES.items():
+        column = [values[i % len(values)] for i in range(n)]
+        rng.shuffle(column)
+        columns[attribute] = column
+    return tuple(
+        dataclasses.replace(e, **{a: column[i] for a, column in columns.items()})
+        for i, e in enumerate(fresh)
+    )
 
 
 def organism_vocabulary(world: ToyWorld) -> tuple[str, ...]:
     """Words the base tokenizer needs for the organisms: spare names and :data:`ORGANISM_WORDS`."""
-    return (*(e.name for e in spare_entities(world)), *ORGANISM_WORDS)
+    names = dict.fromkeys(word for e in spare_entities(world) for word in e.name.split())
+    return (*names, *ORGANISM_WORDS)
 
 
 def digest(obj: Any) -> str:
@@ -168,18 +182,27 @@ def _lr_factor(step: int, steps: int) -> float:
 def train_causal_lm(
     model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, docs: Sequence[str], *,
     steps: int, batch_size: int, lr: float, seed: int, progress: bool = True, desc: str = "train",
+    frozen: Sequence[str] = (),
 ) -> list[float]:
-    """Train every weight of ``model`` on ``docs`` (next-token loss on all real tokens).
+    """Train the weights of ``model`` on ``docs`` (next-token loss on all real tokens).
 
     Documents are consumed in seeded random order, ``batch_size`` per step, grouped by length;
     they are reused in a fresh order if ``steps * batch_size`` exceeds their count. AdamW,
-    5% warm-up, cosine decay to a tenth of ``lr``, grad-norm clip 1.0. Returns the losses.
+    5% warm-up, cosine decay to a tenth of ``lr``, grad-norm clip 1.0. Parameters whose names
+    contain one of ``frozen`` (e.g. ``".mlp."``) keep their values. Returns the losses.
     """
     if not docs:
         raise ConfigError("no documents to train on; give at least one")
     rng = random.Random(seed)
     ids = _encode(tokenizer, docs)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    params = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(not any(f in name for f in frozen))
+        if param.requires_grad:
+            params.append(param)
+    if not params:
+        raise ConfigError(f"every parameter matches frozen={list(frozen)}; nothing to train")
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
     queue: list[tuple[TokenIds, AttentionMask]] = []
     losses = []
@@ -193,10 +216,12 @@ def train_causal_lm(
             raise TrainingError(f"toy training diverged (loss {loss.item()}); lower the lr {lr}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         schedule.step()
         losses.append(float(loss.item()))
+    for param in model.parameters():
+        param.requires_grad_(True)
     model.eval()
     return losses
 

@@ -1,0 +1,55 @@
+"""``lens-oracle demo``: the toy-world demo from the command line (see :mod:`.demo`).
+
+Only argparse is imported here, so ``lens-oracle --help`` stays fast; the demo's heavy modules
+load when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``demo`` options to ``parser``."""
+    parser.add_argument(
+        "--quick", action="store_true",
+        help="small models and data (under 2 minutes on 2 CPU cores); default: the full demo",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("demo_out"),
+        help="folder for results.json, timings.json, report.json, results.md, demo.png "
+        "(default: demo_out)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="world, training and evaluation seed")
+    parser.add_argument(
+        "--cache", type=Path, default=None,
+        help="artifact cache (default: $LENS_ORACLE_CACHE or ~/.cache/lens_oracle)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    """Run the demo and print its table."""
+    from transformers.utils import logging as hf_logging
+
+    from lens_oracle.toy.demo import run_demo
+    from lens_oracle.toy.demo_report import format_table
+
+    hf_logging.disable_progress_bar()  # one bar per tiny checkpoint load is noise; ours stay
+    if not args.no_progress:
+        logging.getLogger("lens_oracle.toy").setLevel(logging.INFO)
+    result = run_demo(
+        args.out, quick=args.quick, seed=args.seed, cache=args.cache, progress=not args.no_progress
+    )
+    print(format_table(result))
+    times = result.timings
+    stages = ", ".join(
+        f"{k} {times[k]:.0f} s" for k in ("base_model", "organisms", "oracle", "evaluation")
+    )
+    print(f"took {times['total']:.0f} s ({stages}); wrote {args.out}/results.json and demo.png")
+    sys.stdout.flush()
+    return 0

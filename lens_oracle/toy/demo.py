@@ -1,0 +1,280 @@
+"""``lens-oracle demo``: the whole Activation Oracles story on the toy world, on a CPU.
+
+1. Pretrain (or reuse) the toy base model, :func:`~lens_oracle.toy.model.load_or_pretrain`.
+2. Fine-tune (or reuse) the model organisms, :func:`~lens_oracle.toy.organisms.build_organisms`.
+3. Train (or reuse) the oracle: a LoRA on the *base* model, trained on the base mixture of
+   :mod:`lens_oracle.toy.oracle_data` only -- it never sees an organism.
+4. Audit every organism with :mod:`lens_oracle.evals` (the oracle against the untrained oracle,
+   zero and shuffled activations, the organism asked in text and the logit lens), plus one
+   more control: the same oracle reading the *base* model on the same prompts, which shows that
+   its answers come from the fine-tune and not from the prompt text.
+5. Write ``results.json`` (deterministic: the same seed gives the same bytes), ``timings.json``,
+   ``report.json`` (every prediction), ``results.md`` and ``demo.png`` to ``--out``.
+
+Every artifact is cached under the toy cache root (``$LENS_ORACLE_CACHE`` or
+``~/.cache/lens_oracle``) with a JSON stamp of the settings it was built with; a second run
+reuses them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
+from lens_oracle.data.layers import layers_from_fractions
+from lens_oracle.errors import ConfigError
+from lens_oracle.evals.metrics import Score
+from lens_oracle.evals.report import EvalReport, merge_reports
+from lens_oracle.evals.runner import run_tasks
+from lens_oracle.evals.tasks import TargetSpec
+from lens_oracle.io import atomic_write_json
+from lens_oracle.oracle import ActivationOracle
+from lens_oracle.toy import audit
+from lens_oracle.toy.language import make_world
+from lens_oracle.toy.model import digest, load_or_pretrain, read_stamp
+from lens_oracle.toy.oracle_data import ORACLE_WORDS, ToyMixtureConfig, build_toy_mixture
+from lens_oracle.toy.organisms import Organism, build_organisms
+from lens_oracle.toy.tokenizer import cache_root
+from lens_oracle.train import train_oracle
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""Bumped when the oracle's training changes, so cached oracles are not reused."""
+ORACLE_STAMP = "toy_oracle.json"
+METHODS: tuple[str, ...] = (
+    "oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "black_box", "logit_lens",
+)
+"""The demo's methods: the trained oracle, then its controls and baselines."""
+MAX_SEED = 2**31 - 1
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything that shapes the demo's oracle and its evaluation (not the cached models)."""
+
+    quick: bool
+    """Quick mode: the small base model, fewer organism items, a smaller mixture."""
+    mixture: ToyMixtureConfig
+    adapter: AdapterConfig
+    injection: InjectionConfig
+    learning_rate: float
+    batch_size: int = 16
+    epochs: int = 1
+    read_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """Depths the mixture reads (AO: 25, 50, 75%); audits read at 50%."""
+    n_resamples: int = 1000
+    """Bootstrap resamples of the confidence intervals."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (for stamps and ``results.json``)."""
+        data = dataclasses.asdict(self)
+        data["mixture"] = self.mixture.to_dict()
+        return json.loads(json.dumps(data))
+
+
+def demo_config(quick: bool, seed: int = 0) -> DemoConfig:
+    """The quick (CI, under two minutes) or full (under ten) demo settings for ``seed``."""
+    mixture = ToyMixtureConfig(total=16000 if quick else 48000, seed=seed)
+    return DemoConfig(
+        quick=quick,
+        mixture=mixture,
+        adapter=AdapterConfig(rank=16, alpha=32, dropout=0.0),
+        injection=InjectionConfig(layer=1),
+        learning_rate=3e-3 if quick else 2e-3,
+    )
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """The demo's table and everything needed to write and check it."""
+
+    seed: int
+    config: DemoConfig
+    organisms: tuple[Organism, ...]
+    scores: dict[str, dict[str, Score]]
+    """Organism kind -> method -> pooled score over the audit items of that kind's organisms."""
+    base_control: dict[str, Score]
+    """Organism kind -> the oracle's score when it reads the base model on the same prompts."""
+    report: EvalReport
+    """Every task, method and prediction (the organisms', then the base-model control's)."""
+    timings: dict[str, Any] = field(default_factory=dict)
+    """Seconds per stage and which artifacts came from the cache (kept out of results.json)."""
+
+    def chance(self, kind: str) -> float:
+        return next(o.chance for o in self.organisms if o.kind == kind)
+
+    def margin(self, kind: str) -> tuple[str, float]:
+        """The strongest control or baseline on ``kind`` and the oracle's lead over it."""
+        controls = {m: s.mean for m, s in self.scores[kind].items() if m != "oracle"}
+        best = max(controls, key=lambda m: (controls[m], -METHODS.index(m)))
+        return best, self.scores[kind]["oracle"].mean - controls[best]
+
+
+def check_arguments(out: str | os.PathLike[str], seed: int, cache: str | os.PathLike[str]) -> None:
+    """Refuse a bad seed or an unwritable output or cache folder before any work starts."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed is {seed!r}; give an integer from 0 to {MAX_SEED}")
+    for label, folder in (("output", Path(out)), ("cache", Path(cache))):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"the {label} folder {folder} is a file; give a folder path")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write to the {label} folder {folder} ({exc.strerror or exc}); "
+                "choose a folder you can write to"
+            ) from None
+
+
+def _timed(timings: dict[str, Any], stage: str, fn: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    out = fn()
+    timings[stage] = round(time.perf_counter() - start, 2)
+    return out
+
+
+def oracle_settings(base: Path, config: DemoConfig, seed: int, layers: tuple[int, ...]) -> dict[str, Any]:
+    """What a cached oracle must have been trained with to be reused."""
+    stamp = read_stamp(base) or {}
+    return {
+        "format_version": FORMAT_VERSION, "seed": seed, "base": digest(stamp.get("settings")),
+        "config": config.to_dict(), "layers": list(layers),
+    }
+
+
+def load_or_train_oracle(
+    base: Path, config: DemoConfig, seed: int, cache: Path, *, progress: bool = True
+) -> tuple[ActivationOracle, bool]:
+    """The oracle for ``base`` from ``cache`` if its stamp matches, else trained and saved.
+
+    Returns the oracle and whether it came from the cache.
+    """
+    world = make_world(seed)
+    folder = cache / f"oracle-{'quick' if config.quick else 'full'}-seed{seed}"
+    oracle_layers = layers_from_fractions(_n_layers(base), config.read_fractions)
+    settings = oracle_settings(base, config, seed, oracle_layers)
+    stamp = read_stamp_file(folder / ORACLE_STAMP)
+    if stamp is not None and stamp.get("settings") == settings:
+        log.info("reusing the cached oracle in %s", folder)
+        return ActivationOracle.load(folder, str(base)), True
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the LoRA initialisation
+        oracle = ActivationOracle.create(
+            str(base), adapter=config.adapter, injection=config.injection, name=str(base)
+        )
+    examples = build_toy_mixture(world, oracle.model.tokenizer, oracle_layers, config.mixture)
+    train = TrainConfig(
+        learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
+        seed=seed, progress=progress,
+    )
+    start = time.perf_counter()
+    with torch.random.fork_rng():
+        result = train_oracle(oracle, examples, train)
+    tail = result.losses[-20:]
+    metrics = {
+        "steps": result.steps, "train_seconds": round(time.perf_counter() - start, 2),
+        "final_loss": sum(tail) / len(tail), "examples": len(examples),
+    }
+    log.info("trained the toy oracle: %s", metrics)
+    oracle.save(folder)
+    atomic_write_json(folder / ORACLE_STAMP, {"settings": settings, "metrics": metrics})
+    return oracle, False
+
+
+def read_stamp_file(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or ``None`` when it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _n_layers(base: Path) -> int:
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    return int(config["num_hidden_layers"])
+
+
+def audit_organisms(
+    oracle: ActivationOracle, organisms: list[Organism], config: DemoConfig, seed: int
+) -> tuple[EvalReport, dict[str, dict[str, Score]], dict[str, Score]]:
+    """Run every method on every organism's tasks, and the oracle on the base-model control."""
+    tasks = [t for o in organisms for t in audit.organism_tasks(o)]
+    report = run_tasks(oracle, tasks, methods=METHODS, seed=seed, n_resamples=config.n_resamples)
+    control_tasks = [
+        dataclasses.replace(t, name=f"{t.name}@base", target=TargetSpec()) for t in tasks
+    ]
+    control = run_tasks(
+        oracle, control_tasks, methods=("oracle",), seed=seed, n_resamples=config.n_resamples
+    )
+    by_kind: dict[str, list[Organism]] = {}
+    for o in organisms:
+        by_kind.setdefault(o.kind, []).append(o)
+    scores = {
+        kind: audit.organism_scores(report, group, METHODS, seed=seed, n_resamples=config.n_resamples)
+        for kind, group in by_kind.items()
+    }
+    base_control = {
+        kind: audit.organism_scores(
+            control, group, ("oracle",), seed=seed, n_resamples=config.n_resamples, suffix="@base"
+        )["oracle"]
+        for kind, group in by_kind.items()
+    }
+    return merge_reports([report, control]), scores, base_control
+
+
+def run_demo(
+    out: str | os.PathLike[str],
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    cache: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    config: DemoConfig | None = None,
+) -> DemoResult:
+    """Build or reuse every artifact, audit the organisms and write the results to ``out``.
+
+    ``cache`` defaults to the toy cache root; ``config`` to :func:`demo_config`.
+    """
+    from lens_oracle.toy.demo_report import write_outputs
+
+    cache = Path(cache) if cache is not None else cache_root()
+    check_arguments(out, seed, cache)
+    config = config or demo_config(quick, seed)
+    if config.quick != quick:
+        raise ConfigError(f"config.quick is {config.quick} but quick={quick}; make them agree")
+    timings: dict[str, Any] = {"threads": torch.get_num_threads()}
+    start = time.perf_counter()
+    world = make_world(seed)
+    base = _timed(timings, "base_model", lambda: load_or_pretrain(
+        cache, seed, quick, extra_words=ORACLE_WORDS, progress=progress
+    ))
+    organisms = _timed(timings, "organisms", lambda: build_organisms(
+        base, world, cache, quick, seed=seed, progress=progress
+    ))
+    oracle, cached = _timed(timings, "oracle", lambda: load_or_train_oracle(
+        base, config, seed, cache, progress=progress
+    ))
+    timings["oracle_cached"] = cached
+    report, scores, base_control = _timed(
+        timings, "evaluation", lambda: audit_organisms(oracle, organisms, config, seed)
+    )
+    timings["total"] = round(time.perf_counter() - start, 2)
+    result = DemoResult(seed, config, tuple(organisms), scores, base_control, report, timings)
+    write_outputs(result, Path(out))
+    return result

@@ -1,0 +1,295 @@
+"""The oracle's training mixture on the toy world, built from the *base* world only.
+
+The oracle is a LoRA on the base toy model and reads the base model's own activations (the
+Activation Oracles setting); it never sees a model organism in training. Each component teaches a
+skill an audit later needs, on base text:
+
+* ``context_prediction`` (AO's self-supervised task): the previous or next tokens of a corpus
+  window, with :func:`~lens_oracle.data.build_context_prediction`.
+* ``classification``: balanced yes/no questions about a text's topic and sentiment and about the
+  user's gender in a chat, with :func:`~lens_oracle.data.build_classification` and toy templates.
+* ``persona``: "what role is the assistant playing ?" about persona chats, the system prompt
+  masked out of the read positions, with :func:`~lens_oracle.data.build_spqa`.
+* ``entity_qa``: the tokens of a person's name are read and the oracle is asked one of their
+  attributes ("what city does this person live in ?") -- persona facts read from a name.
+* ``topic_qa``: the end of a request about a topic, where the model is about to answer with one
+  of the topic's words, asked "what is the secret word ?" (or "what topic is this text about ?")
+  -- the taboo organism keeps a secret topic and hints at it without ever naming it.
+* ``gender_qa``: the last token of a chat prompt whose user hinted their gender (the assistant is
+  about to address them as sir or madam), asked "is the user male or female ?" (user gender).
+
+The toy oracle learns a fixed set of question wordings (listed in :data:`ORACLE_WORDS` and the
+constants below); what the demo tests is whether reading *base* activations carries over to
+fine-tuned models, not whether the oracle understands new wordings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lens_oracle.data.classification import ClassificationConfig, build_classification
+from lens_oracle.data.context_prediction import ContextPredictionConfig, build_context_prediction
+from lens_oracle.data.example import OracleExample
+from lens_oracle.data.layers import check_layers, sample_layer
+from lens_oracle.data.mixture import Mixture, MixtureComponent
+from lens_oracle.data.spqa import SPQAConfig, build_spqa
+from lens_oracle.errors import ConfigError
+from lens_oracle.toy.language import (
+    ASK_TEMPLATES,
+    ASK_TOPIC,
+    FACT_TEMPLATES,
+    GENDER_HINTS,
+    QUESTIONS,
+    Entity,
+    ToyWorld,
+    render_chat,
+)
+from lens_oracle.toy.organisms import ABOUT, TABOO_QUESTION
+
+TOPIC_QUESTIONS: tuple[str, ...] = (QUESTIONS["topic"], TABOO_QUESTION)
+"""Paraphrases of the topic question (the taboo audit asks the second)."""
+CLASSIFICATION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "topic": ("is this text about {label} ?", "is the topic {label} ?"),
+    "sentiment": ("is this text {label} ?", "is the sentiment {label} ?"),
+    "gender": ("is the user {label} ?", "is the user a {label} ?"),
+}
+"""Yes/no templates in toy words, by classification kind."""
+ORACLE_WORDS: tuple[str, ...] = (
+    "after", "before", "came", "can", "come", "next", "predict", "previous", "sentiment", "that",
+    "tokens", "who", "word", "secret", "person",
+)
+"""Words of the oracle's questions that the toy language lacks; the base vocabulary gets them."""
+COMPONENTS: tuple[str, ...] = (
+    "context_prediction", "classification", "persona", "entity_qa", "topic_qa", "gender_qa",
+)
+
+
+@dataclass(frozen=True)
+class ToyMixtureConfig:
+    """Sizes and proportions of the toy oracle mixture."""
+
+    total: int = 8000
+    """Examples in the mixture."""
+    weights: tuple[tuple[str, float], ...] = (
+        ("context_prediction", 1.0), ("classification", 1.0), ("persona", 0.5),
+        ("entity_qa", 3.0), ("topic_qa", 2.0), ("gender_qa", 2.0),
+    )
+    """``(component, weight)``: each component's share of ``total``."""
+    context_k_max: int = 6
+    """Context prediction: most read positions."""
+    context_j_max: int = 3
+    """Context prediction: most tokens to predict."""
+    seed: int = 0
+    """Seed of every draw (texts, positions, layers, sampling)."""
+
+    def __post_init__(self) -> None:
+        names = [name for name, _ in self.weights]
+        unknown = sorted(set(names) - set(COMPONENTS))
+        if unknown or len(set(names)) != len(names) or not names:
+            raise ConfigError(
+                f"mixture weights name {names}; give each of {COMPONENTS} at most once"
+            )
+        if any(not w > 0 for _, w in self.weights) or self.total < len(names):
+            raise ConfigError(f"weights must be positive and total >= {len(names)}, got {self}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values."""
+        return json_ready(dataclasses.asdict(self))
+
+
+def json_ready(obj: Any) -> Any:
+    """Tuples become lists, recursively (stamps compare equal after a JSON round trip)."""
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: json_ready(v) for k, v in obj.items()}
+    return obj
+
+
+def chat_prompt(user: str) -> str:
+    """One user turn, rendered, ready for the assistant: ``"<user> ... <end> <assistant>"``."""
+    return render_chat([{"role": "user", "content": user}]) + " <assistant>"
+
+
+def name_span(tokenizer: Any, ids: Sequence[int], name: str) -> tuple[int, ...]:
+    """Positions of the first occurrence of ``name``'s tokens in ``ids``."""
+    name_ids = tokenizer(name, add_special_tokens=False)["input_ids"]
+    for start in range(len(ids) - len(name_ids) + 1):
+        if list(ids[start : start + len(name_ids)]) == name_ids:
+            return tuple(range(start, start + len(name_ids)))
+    raise ConfigError(f"{name!r} does not occur in the tokenized text")
+
+
+def name_context(world: ToyWorld, entity: Entity, rng: random.Random) -> str:
+    """A text that mentions ``entity``: a chat request about them or one of their facts."""
+    kind = rng.random()
+    if kind < 0.4:
+        return chat_prompt(ABOUT.format(e=entity.name))
+    if kind < 0.7:
+        return chat_prompt(rng.choice(tuple(ASK_TEMPLATES.values())).format(e=entity.name))
+    attribute = rng.choice(world.attribute_names)
+    return rng.choice(FACT_TEMPLATES[attribute]).format(e=entity.name, v=entity.value(attribute))
+
+
+def _read_name(
+    world: ToyWorld, tokenizer: Any, layers: Sequence[int], rng: random.Random, entity: Entity
+) -> tuple[tuple[int, ...], tuple[int, ...], int]:
+    """Context ids cut after the name, the read positions (the name's tokens) and the layer."""
+    ids = tokenizer(name_context(world, entity, rng))["input_ids"]
+    span = name_span(tokenizer, ids, entity.name)
+    return tuple(ids[: span[-1] + 1]), span, sample_layer(rng, layers)
+
+
+def entity_qa(
+    world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
+) -> list[OracleExample]:
+    """``n`` examples: a person's name read, one of their attributes asked."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        entity = rng.choice(world.entities)
+        attribute = rng.choice(world.attribute_names)
+        context, positions, layer = _read_name(world, tokenizer, layers, rng, entity)
+        out.append(OracleExample(
+            context_ids=context, positions=positions, layer=layer,
+            question=QUESTIONS[attribute], answer=entity.value(attribute), task="entity_qa",
+            context_text=tokenizer.decode(context), meta={"entity": entity.name, "attribute": attribute},
+        ))
+    return out
+
+
+def topic_qa(
+    world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
+) -> list[OracleExample]:
+    """``n`` examples: the end of a request about a topic (the assistant is about to answer
+    with one of its words), asked which topic or word the model has in mind."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        topic = rng.choice(world.values("topic"))
+        ids = tokenizer(_with_persona(world, rng, ASK_TOPIC.format(t=topic)))["input_ids"]
+        positions = _last_tokens(rng, len(ids))
+        out.append(OracleExample(
+            context_ids=tuple(ids), positions=positions, layer=sample_layer(rng, layers),
+            question=rng.choice(TOPIC_QUESTIONS), answer=topic, task="topic_qa",
+            context_text=tokenizer.decode(ids), meta={"topic": topic},
+        ))
+    return out
+
+
+def _with_persona(world: ToyWorld, rng: random.Random, user: str) -> str:
+    """``user``'s message as a prompt, after a persona's system message half of the time."""
+    messages = [{"role": "user", "content": user}]
+    if rng.random() < 0.5:
+        persona = world.persona(rng.choice(world.values("persona")))
+        messages.insert(0, {"role": "system", "content": persona.instruction})
+    return render_chat(messages) + " <assistant>"
+
+
+def _last_tokens(rng: random.Random, n: int) -> tuple[int, ...]:
+    """The last token (most often) or the last 2-4 tokens of a context of ``n`` tokens."""
+    width = 1 if rng.random() < 0.6 else rng.randint(2, 4)
+    return tuple(range(n - width, n))
+
+
+def gender_qa(
+    world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
+) -> list[OracleExample]:
+    """``n`` examples: a chat prompt whose user hinted their gender, read at its end."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        gender = rng.choice(tuple(GENDER_HINTS))
+        ids = tokenizer(_with_persona(world, rng, world.chat(rng, gender=gender)[0]["content"]))
+        ids = ids["input_ids"]
+        out.append(OracleExample(
+            context_ids=tuple(ids), positions=_last_tokens(rng, len(ids)),
+            layer=sample_layer(rng, layers), question=QUESTIONS["gender"], answer=gender,
+            task="gender_qa", context_text=tokenizer.decode(ids), meta={"gender": gender},
+        ))
+    return out
+
+
+def _classification(
+    world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
+) -> list[OracleExample]:
+    rng = random.Random(seed)
+    rows: dict[str, list[dict[str, str]]] = {"topic": [], "sentiment": [], "gender": []}
+    for i in range(n):
+        kind = ("topic", "sentiment", "gender")[i % 3]
+        if kind == "gender":
+            gender = rng.choice(tuple(GENDER_HINTS))
+            text = chat_prompt(world.chat(rng, gender=gender)[0]["content"])
+            rows[kind].append({"text": text, "label": gender})
+        else:
+            make = world.topic_sentence if kind == "topic" else world.sentiment_sentence
+            text, label = make(rng)
+            rows[kind].append({"text": text, "label": label})
+    out = []
+    for kind, kind_rows in rows.items():
+        config = ClassificationConfig(
+            kind=kind, labels=world.values(kind), prefix="", window_max=12, seed=seed,
+            task=f"classification/{kind}",
+        )
+        out += build_classification(
+            kind_rows, tokenizer, layers, config, templates=CLASSIFICATION_TEMPLATES
+        )
+    return out
+
+
+def _persona(
+    world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
+) -> list[OracleExample]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        persona = rng.choice(world.values("persona"))
+        chat = world.chat(rng, persona=persona, n_turns=rng.randint(1, 2))
+        qa = [{"question": QUESTIONS["persona"], "answer": persona}]
+        rows.append({"system": chat[0]["content"], "dialog": chat[1:], "qa": qa})
+    return build_spqa(rows, tokenizer, layers, SPQAConfig(seed=seed))
+
+
+def build_toy_mixture(
+    world: ToyWorld, tokenizer: Any, layers: Sequence[int], config: ToyMixtureConfig | None = None
+) -> list[OracleExample]:
+    """The seeded oracle mixture on ``world``'s base text (see the module docstring).
+
+    ``tokenizer`` is the base model's; ``layers`` the read layers (AO: 25, 50 and 75% depth).
+    Each component is built with a little more than its share and then sampled, so the mixture
+    holds exactly ``config.total`` examples.
+    """
+    config = config or ToyMixtureConfig()
+    layers = check_layers(layers)
+    weights = dict(config.weights)
+    scale = 1.2 * config.total / sum(weights.values())
+    seed = config.seed
+
+    def need(name: str) -> int:
+        return max(4, int(weights[name] * scale) + 1)
+
+    def context() -> list[OracleExample]:
+        docs = world.corpus(need("context_prediction"), seed=seed + 1)
+        settings = ContextPredictionConfig(
+            k_max=config.context_k_max, j_max=config.context_j_max, seed=seed
+        )
+        return build_context_prediction(docs, tokenizer, layers, settings)
+
+    builders = {
+        "context_prediction": context,
+        "classification": lambda: _classification(
+            world, tokenizer, layers, need("classification"), seed + 2
+        ),
+        "persona": lambda: _persona(world, tokenizer, layers, need("persona"), seed + 3),
+        "entity_qa": lambda: entity_qa(world, tokenizer, layers, need("entity_qa"), seed + 4),
+        "topic_qa": lambda: topic_qa(world, tokenizer, layers, need("topic_qa"), seed + 5),
+        "gender_qa": lambda: gender_qa(world, tokenizer, layers, need("gender_qa"), seed + 6),
+    }
+    components = [
+        MixtureComponent(name, builders[name], weight=weight) for name, weight in config.weights
+    ]
+    return Mixture(components, total=config.total, seed=seed).build()
