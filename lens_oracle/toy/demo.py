@@ -168,7 +168,7 @@ def load_or_train_oracle(
     folder = cache / f"oracle-{'quick' if config.quick else 'full'}-seed{seed}"
     oracle_layers = layers_from_fractions(_n_layers(base), config.read_fractions)
     settings = oracle_settings(base, config, seed, oracle_layers)
-    stamp = read_stamp_file(folder / ORACLE_STAMP)
+    stamp = read_stamp(folder, ORACLE_STAMP)
     if stamp is not None and stamp.get("settings") == settings:
         log.info("reusing the cached oracle in %s", folder)
         return ActivationOracle.load(folder, str(base)), True
@@ -194,15 +194,6 @@ def load_or_train_oracle(
     oracle.save(folder)
     atomic_write_json(folder / ORACLE_STAMP, {"settings": settings, "metrics": metrics})
     return oracle, False
-
-
-def read_stamp_file(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``, or ``None`` when it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _n_layers(base: Path) -> int:

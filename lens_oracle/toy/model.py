@@ -292,9 +292,9 @@ def generate_text(
     return texts
 
 
-def read_stamp(folder: str | Path) -> dict[str, Any] | None:
-    """The JSON stamp of a toy model folder, or ``None`` if absent or unreadable."""
-    path = Path(folder) / STAMP_FILE
+def read_stamp(folder: str | Path, name: str = STAMP_FILE) -> dict[str, Any] | None:
+    """The JSON stamp ``name`` of a toy artifact folder, or ``None`` if absent or unreadable."""
+    path = Path(folder) / name
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
