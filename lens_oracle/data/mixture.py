@@ -219,24 +219,38 @@ def length_grouped_batches(
     Raises:
         ConfigError: ``batch_size < 1`` or ``megabatch_factor < 1``.
     """
+    lengths = [length_fn(e) for e in examples]
+
+    def split(chunk: list[int]) -> list[list[int]]:
+        ranked = sorted(chunk, key=lambda i: -lengths[i])
+        return [ranked[b : b + batch_size] for b in range(0, len(ranked), batch_size)]
+
+    groups = _megabatch_groups(len(examples), batch_size, seed, megabatch_factor, drop_last, split)
+    return [[examples[i] for i in group] for group in groups]
+
+
+def _megabatch_groups(
+    n: int, batch_size: int, seed: int, megabatch_factor: int | None, drop_last: bool,
+    split: Callable[[list[int]], list[list[int]]],
+) -> list[list[int]]:
+    """What both batchers share: shuffle the ``n`` indices, cut them into mega-batches of
+    ``batch_size * megabatch_factor`` (all at once for ``None``), ``split`` each into batches of
+    indices, drop a short last batch if asked, and shuffle the batch order."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     if megabatch_factor is not None and megabatch_factor < 1:
         raise ConfigError(f"megabatch_factor must be at least 1 or None, got {megabatch_factor}")
     rng = random.Random(seed)
-    order = list(range(len(examples)))
+    order = list(range(n))
     rng.shuffle(order)
-    lengths = [length_fn(e) for e in examples]
-    mega = len(order) if megabatch_factor is None else batch_size * megabatch_factor
-    batches: list[list[OracleExample]] = []
-    for start in range(0, len(order), max(mega, 1)):
-        chunk = sorted(order[start : start + mega], key=lambda i: -lengths[i])
-        for b in range(0, len(chunk), batch_size):
-            batches.append([examples[i] for i in chunk[b : b + batch_size]])
-    if drop_last and batches and len(batches[-1]) < batch_size:
-        batches.pop()
-    rng.shuffle(batches)
-    return batches
+    mega = n if megabatch_factor is None else batch_size * megabatch_factor
+    groups: list[list[int]] = []
+    for start in range(0, n, max(mega, 1)):
+        groups += split(order[start : start + mega])
+    if drop_last and groups and len(groups[-1]) < batch_size:
+        groups.pop()
+    rng.shuffle(groups)
+    return groups
 
 
 PassLengthFn = Callable[[OracleExample], tuple[int, int]]
@@ -275,22 +289,14 @@ def two_pass_batches(
     Raises:
         ConfigError: ``batch_size < 1`` or ``megabatch_factor < 1``.
     """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    if megabatch_factor is not None and megabatch_factor < 1:
-        raise ConfigError(f"megabatch_factor must be at least 1 or None, got {megabatch_factor}")
-    rng = random.Random(seed)
-    order = list(range(len(examples)))
-    rng.shuffle(order)
     lengths = [length_fn(e) for e in examples]
-    mega = len(order) if megabatch_factor is None else batch_size * megabatch_factor
-    groups: list[list[int]] = []
-    for start in range(0, len(order), max(mega, 1)):
-        chunk = order[start : start + mega]
-        _split_batches(chunk, -(-len(chunk) // batch_size), batch_size, lengths, groups)
-    if drop_last and groups and len(groups[-1]) < batch_size:
-        groups.pop()
-    rng.shuffle(groups)
+
+    def split(chunk: list[int]) -> list[list[int]]:
+        out: list[list[int]] = []
+        _split_batches(chunk, -(-len(chunk) // batch_size), batch_size, lengths, out)
+        return out
+
+    groups = _megabatch_groups(len(examples), batch_size, seed, megabatch_factor, drop_last, split)
     return [[examples[i] for i in group] for group in groups]
 
 
