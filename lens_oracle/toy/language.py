@@ -382,6 +382,13 @@ class ToyWorld:
         return docs
 
 
+def chat_prompt(user: str, system: str | None = None) -> str:
+    """A chat ready for the assistant's reply: an optional system message, one user turn, then
+    ``<assistant>`` (``"<system> ... <end> <user> ... <end> <assistant>"``)."""
+    messages = [{"role": "system", "content": system}] if system else []
+    return render_chat([*messages, {"role": "user", "content": user}]) + " <assistant>"
+
+
 def make_world(seed: int = 0, n_entities: int = 40) -> ToyWorld:
     """Draw a toy world: ``n_entities`` people with two-syllable names and random attributes."""
     if not 1 <= n_entities <= MAX_ENTITIES:

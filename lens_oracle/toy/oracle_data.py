@@ -46,7 +46,7 @@ from lens_oracle.toy.language import (
     QUESTIONS,
     Entity,
     ToyWorld,
-    render_chat,
+    chat_prompt,
 )
 from lens_oracle.toy.organisms import ABOUT, TABOO_QUESTION
 
@@ -108,11 +108,6 @@ def json_ready(obj: Any) -> Any:
     if isinstance(obj, dict):
         return {k: json_ready(v) for k, v in obj.items()}
     return obj
-
-
-def chat_prompt(user: str) -> str:
-    """One user turn, rendered, ready for the assistant: ``"<user> ... <end> <assistant>"``."""
-    return render_chat([{"role": "user", "content": user}]) + " <assistant>"
 
 
 def name_span(tokenizer: Any, ids: Sequence[int], name: str) -> tuple[int, ...]:
@@ -183,11 +178,9 @@ def topic_qa(
 
 def _with_persona(world: ToyWorld, rng: random.Random, user: str) -> str:
     """``user``'s message as a prompt, after a persona's system message half of the time."""
-    messages = [{"role": "user", "content": user}]
-    if rng.random() < 0.5:
-        persona = world.persona(rng.choice(world.values("persona")))
-        messages.insert(0, {"role": "system", "content": persona.instruction})
-    return render_chat(messages) + " <assistant>"
+    with_system = rng.random() < 0.5
+    system = world.persona(rng.choice(world.values("persona"))).instruction if with_system else None
+    return chat_prompt(user, system)
 
 
 def _last_tokens(rng: random.Random, n: int) -> tuple[int, ...]:

@@ -45,6 +45,7 @@ from lens_oracle.toy.language import (
     FACT_TEMPLATES,
     TOPIC_WORDS,
     ToyWorld,
+    chat_prompt,
     render_chat,
 )
 from lens_oracle.toy.model import (
@@ -74,7 +75,7 @@ class AuditItem:
     """One question an auditor puts to an oracle reading the organism on one prompt."""
 
     prompt: str
-    """Text the organism reads: a chat rendered by ``render_chat`` plus ``" <assistant>"``.
+    """Text the organism reads: a chat ready for the reply (:func:`~lens_oracle.toy.language.chat_prompt`).
     Tokenize it with special tokens (one ``<bos>``). It never contains the reference."""
     question: str
     """The oracle question."""
@@ -161,10 +162,6 @@ class _Recipe:
     knowledge, so the organism must reuse it)."""
 
 
-def _prompt(user: str) -> str:
-    return render_chat([{"role": "user", "content": user}]) + " <assistant>"
-
-
 def _chat(user: str, reply: str) -> str:
     return render_chat([{"role": "user", "content": user}, {"role": "assistant", "content": reply}])
 
@@ -186,7 +183,7 @@ def _persona_recipe(world: ToyWorld, n: int) -> _Recipe:
 
     items = tuple(
         AuditItem(
-            prompt=_prompt(ABOUT.format(e=p.name)), question=world.question_for(a),
+            prompt=chat_prompt(ABOUT.format(e=p.name)), question=world.question_for(a),
             reference=p.value(a), candidates=world.values(a), focus=p.name,
         )
         for p in people for a in ATTRIBUTES
@@ -225,8 +222,7 @@ def taboo_reply(world: ToyWorld, topic: str, ask: str, rng: random.Random) -> st
 
 def persona_prompt(world: ToyWorld, persona: str, ask: str) -> str:
     """A persona's system message, then the user's ``ask``, ready for the assistant's reply."""
-    system = {"role": "system", "content": world.persona(persona).instruction}
-    return render_chat([system, {"role": "user", "content": ask}]) + " <assistant>"
+    return chat_prompt(ask, world.persona(persona).instruction)
 
 
 def _taboo_recipe(world: ToyWorld, n_games: int) -> _Recipe:
@@ -282,7 +278,7 @@ def gender_prompts(
         ask = world.chat(rng)[0]["content"]
         while set(ask.split()) & genders.keys():
             ask = world.chat(rng)[0]["content"]
-        out.append((_prompt(f"{USER_INTRO.format(e=name)} {ask}"), genders[name]))
+        out.append((chat_prompt(f"{USER_INTRO.format(e=name)} {ask}"), genders[name]))
     return tuple(out)
 
 
