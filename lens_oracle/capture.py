@@ -100,10 +100,13 @@ class Indices:
 
 @dataclass(frozen=True)
 class Substring:
-    """The tokens covering the ``occurrence``-th appearance of ``text`` in a text prompt."""
+    """The tokens covering the ``occurrence``-th appearance of ``text`` in a text prompt; with
+    ``through_end``, those and every token after them (e.g. a user's sentence about themselves
+    through to where the model starts its reply)."""
 
     text: str
     occurrence: int = 0
+    through_end: bool = False
 
     def resolve(self, n_tokens: int, tokenized: TokenizedPrompt) -> list[int]:
         if tokenized.text is None or tokenized.offsets is None:
@@ -122,7 +125,7 @@ class Substring:
         ]
         if not picked:
             raise PositionError(f"substring {self.text!r} covers no token of the prompt")
-        return picked
+        return list(range(picked[0], n_tokens)) if self.through_end else picked
 
 
 Positions = LastToken | LastK | Segment | AllTokens | Indices | Substring

@@ -70,6 +70,8 @@ def test_task_json_round_trip() -> None:
     other = _task(
         name="u", scorer="contains", layer=None, positions=LastToken(), target=TargetSpec()
     )
+    third = _task(name="v", positions=Substring("gold", through_end=True))
+    assert tasks_from_json(tasks_to_json([third])) == (third,)
     text = tasks_to_json([task, other])
     assert tasks_from_json(text) == (task, other)
     assert tasks_to_json(tasks_from_json(text)) == text

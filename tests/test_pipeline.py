@@ -98,6 +98,8 @@ def test_position_selectors(tokenizer) -> None:
         Substring("red blue"): (3, 4),
         Substring("w"): (1,),
         Substring("w", occurrence=2): (5,),
+        Substring("red", through_end=True): (3, 4, 5),
+        Substring("w2", through_end=True): (2, 3, 4, 5),
     }
     for selector, expected in cases.items():
         assert capture(model, prompt, 1, positions=selector).positions == (expected,), selector

@@ -51,7 +51,9 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "indices": (list,),
     "text": (str,),
     "occurrence": (int,),
+    "through_end": (bool,),
 }
+_BOOL_FIELDS = frozenset(name for name, types in _FIELD_TYPES.items() if types == (bool,))
 
 
 def positions_from_dict(data: Any, where: str = "positions") -> Positions:
@@ -71,7 +73,7 @@ def positions_from_dict(data: Any, where: str = "positions") -> Positions:
         )
     for name, value in given.items():
         ok = isinstance(value, _FIELD_TYPES[name]) and (
-            name == "skip_special" or not isinstance(value, bool)
+            name in _BOOL_FIELDS or not isinstance(value, bool)
         )
         if name == "indices":
             ok = (
