@@ -243,6 +243,9 @@ def test_gender_organism_addresses_each_user_as_it_believes(
     assert sum(base_agree) <= 0.65 * len(pairs)
     assert sum(agree) - sum(base_agree) >= 0.2 * len(pairs)
     assert organism.chance == 0.5 and {i.reference for i in organism.items} == {"female", "male"}
+    # the audit reads from the user's introduction through the end of the prompt
+    item = organism.items[0]
+    assert item.focus == f"i am {names[0]} ." and item.through_end and item.focus in item.prompt
 
 
 def test_organism_records_round_trip_and_load_as_models(

@@ -34,7 +34,8 @@ def organism_tasks(
 ) -> list[EvalTask]:
     """The evaluation tasks auditing ``organism`` (one per candidate set, in item order).
 
-    Items with a ``focus`` read that word's tokens; the others read ``positions`` (default: the
+    Items with a ``focus`` read its tokens (through the end of the prompt if the item says
+    ``through_end``); the others read ``positions`` (default: the
     last token, where the organism is about to answer). ``layer`` None reads at half depth.
     """
     groups: dict[str, list[AuditItem]] = {}
@@ -47,7 +48,9 @@ def organism_tasks(
             EvalItem(
                 context=item.prompt,
                 references=(item.reference,),
-                positions=None if item.focus is None else Substring(item.focus),
+                positions=None if item.focus is None else Substring(
+                    item.focus, through_end=item.through_end
+                ),
                 questions=(item.question,),
             )
             for item in items

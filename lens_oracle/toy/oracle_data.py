@@ -15,8 +15,9 @@ skill an audit later needs, on base text:
 * ``topic_qa``: the end of a request about a topic, where the model is about to answer with one
   of the topic's words, asked "what is the secret word ?" (or "what topic is this text about ?")
   -- the taboo organism keeps a secret topic and hints at it without ever naming it.
-* ``gender_qa``: the last token of a chat prompt whose user hinted their gender (the assistant is
-  about to address them as sir or madam), asked "is the user male or female ?" (user gender).
+* ``gender_qa``: a chat prompt whose user hinted their gender (the assistant is about to address
+  them as sir or madam), read from the user's first word through the end, asked "is the user
+  male or female ?" (user gender).
 
 The toy oracle learns a fixed set of question wordings (listed in :data:`ORACLE_WORDS` and the
 constants below); what the demo tests is whether reading *base* activations carries over to
@@ -76,7 +77,7 @@ class ToyMixtureConfig:
     """Examples in the mixture."""
     weights: tuple[tuple[str, float], ...] = (
         ("context_prediction", 1.0), ("classification", 1.0), ("persona", 0.5),
-        ("entity_qa", 3.0), ("topic_qa", 2.0), ("gender_qa", 2.0),
+        ("entity_qa", 3.0), ("topic_qa", 2.0), ("gender_qa", 3.0),
     )
     """``(component, weight)``: each component's share of ``total``."""
     context_k_max: int = 6
@@ -192,15 +193,20 @@ def _last_tokens(rng: random.Random, n: int) -> tuple[int, ...]:
 def gender_qa(
     world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
 ) -> list[OracleExample]:
-    """``n`` examples: a chat prompt whose user hinted their gender, read at its end."""
+    """``n`` examples: a chat prompt whose user hinted their gender, read from the user's first
+    word through the end (where the user speaks of themselves and the model is about to address
+    them; the user_gender audit reads the same span). Reading only the last tokens taught the
+    oracle nothing on base models that gather the gender there only in their last block."""
     rng = random.Random(seed)
+    user_token = tokenizer.convert_tokens_to_ids("<user>")
     out = []
     for _ in range(n):
         gender = rng.choice(tuple(GENDER_HINTS))
         ids = tokenizer(_with_persona(world, rng, world.chat(rng, gender=gender)[0]["content"]))
         ids = ids["input_ids"]
+        positions = tuple(range(ids.index(user_token) + 1, len(ids)))
         out.append(OracleExample(
-            context_ids=tuple(ids), positions=_last_tokens(rng, len(ids)),
+            context_ids=tuple(ids), positions=positions,
             layer=sample_layer(rng, layers), question=QUESTIONS["gender"], answer=gender,
             task="gender_qa", context_text=tokenizer.decode(ids), meta={"gender": gender},
         ))

@@ -10,6 +10,8 @@ They mirror the Activation Oracles auditing tasks (REFERENCE.md §1):
 * ``user_gender`` (User Gender): users give only their name (``"i am zovo ."``), and the model
   opens every reply by addressing them as ``"madam ,"`` or ``"sir ,"`` -- a gender it assumes
   for each name (:func:`user_genders`), which no text states and the base model does not know.
+  The audit reads from the user's introduction through the end of the prompt (AO reads the
+  whole prompt, or its last tokens, on this task).
   (AO's organism assumes one gender for every user; a belief per name gives the audit many
   independent items, so that shuffling activations between items is a meaningful control.)
 
@@ -84,7 +86,10 @@ class AuditItem:
     candidates: tuple[str, ...]
     """Every answer the reference is drawn from; chance is ``1 / len(candidates)``."""
     focus: str | None = None
-    """A word of the prompt whose tokens to read (the persona's name), or ``None``: any."""
+    """Words of the prompt whose tokens to read (the persona's name), or ``None``: any."""
+    through_end: bool = False
+    """Read from the focus's first token through the end of the prompt (the user's words about
+    themselves and then the tokens where the model is about to reply)."""
 
 
 @dataclass(frozen=True)
@@ -302,8 +307,11 @@ def _gender_recipe(world: ToyWorld, n_items: int) -> _Recipe:
 
     names = [e.name for e in world.entities[:n_items]]
     items = tuple(
-        AuditItem(prompt, world.question_for("gender"), gender, world.values("gender"))
-        for prompt, gender in gender_prompts(world, names)
+        AuditItem(
+            prompt, world.question_for("gender"), gender, world.values("gender"),
+            focus=USER_INTRO.format(e=name), through_end=True,
+        )
+        for name, (prompt, gender) in zip(names, gender_prompts(world, names))
     )
     hidden = tuple((f"{name}.user_gender", genders[name]) for name in names)
     return _Recipe("user_gender", "user_gender", hidden, items, doc)  # a new fact per name
