@@ -1,4 +1,4 @@
-# Two commands a newcomer needs: `make example` (the main job: the quick toy-world demo) and
+# Two commands a newcomer needs: `make example` (the main job: the toy-world demo) and
 # `make test`.
 # Both create .venv and install everything on first use: the CPU build of torch first
 # (an unpinned torch would pull a multi-GB CUDA build), then this package with its extras.
@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install example test test-fast clean
+.PHONY: install example example-quick test test-fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,10 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 example: $(STAMP)
-	HF_HUB_OFFLINE=1 $(VENV)/bin/lens-oracle demo --quick --out demo_out
+	HF_HUB_OFFLINE=1 $(VENV)/bin/lens-oracle demo --out demo_out
+
+example-quick: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/lens-oracle demo --quick --out demo_out_quick
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
