@@ -19,7 +19,7 @@ import torch
 
 from lens_oracle.cli import main
 from lens_oracle.errors import ConfigError
-from lens_oracle.toy.demo import METHODS, check_arguments, demo_config, run_demo
+from lens_oracle.toy.demo import METHODS, check_arguments, demo_config, mixture_digest, run_demo
 
 TASKS = ("persona_facts", "taboo", "user_gender")
 CONTROLS = tuple(m for m in METHODS if m != "oracle")
@@ -155,3 +155,23 @@ def test_bad_arguments_fail_early_with_our_error(tmp_path: Path, capsys) -> None
     assert code == 2
     assert "lens-oracle: error:" in capsys.readouterr().err
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_a_changed_mixture_builder_changes_the_oracle_stamp(
+    first: tuple[Path, str], cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cached oracle is only reused if its training examples would be built the same way."""
+    from lens_oracle.toy import oracle_data
+
+    base, config, layers = cache / "base-quick-seed0", demo_config(True), (1, 2, 3)
+    before = mixture_digest(base, config, 0, layers)
+    assert mixture_digest(base, config, 0, layers) == before
+    original = oracle_data.gender_qa
+
+    def last_token_only(*args, **kwargs):
+        return [
+            dataclasses.replace(e, positions=e.positions[-1:]) for e in original(*args, **kwargs)
+        ]
+
+    monkeypatch.setattr(oracle_data, "gender_qa", last_token_only)
+    assert mixture_digest(base, config, 0, layers) != before

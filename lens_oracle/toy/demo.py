@@ -46,7 +46,7 @@ from lens_oracle.toy.language import make_world
 from lens_oracle.toy.model import digest, load_or_pretrain, read_stamp
 from lens_oracle.toy.oracle_data import ORACLE_WORDS, ToyMixtureConfig, build_toy_mixture
 from lens_oracle.toy.organisms import Organism, build_organisms
-from lens_oracle.toy.tokenizer import cache_root
+from lens_oracle.toy.tokenizer import cache_root, load_tokenizer
 from lens_oracle.train import train_oracle
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 """Bumped when the oracle's training changes, so cached oracles are not reused."""
 ORACLE_STAMP = "toy_oracle.json"
+MIXTURE_SAMPLE = 240
+"""Examples of the mixture sample hashed into the oracle's stamp (:func:`mixture_digest`)."""
 METHODS: tuple[str, ...] = (
     "oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "black_box", "logit_lens",
 )
@@ -160,13 +162,26 @@ def _timed(timings: dict[str, Any], stage: str, fn: Callable[[], T]) -> T:
     return out
 
 
-def oracle_settings(base: Path, config: DemoConfig, seed: int, layers: tuple[int, ...]) -> dict[str, Any]:
+def oracle_settings(
+    base: Path, config: DemoConfig, seed: int, layers: tuple[int, ...]
+) -> dict[str, Any]:
     """What a cached oracle must have been trained with to be reused."""
     stamp = read_stamp(base) or {}
     return {
         "format_version": FORMAT_VERSION, "seed": seed, "base": digest(stamp.get("settings")),
         "config": config.to_dict(), "layers": list(layers),
+        "data": mixture_digest(base, config, seed, layers),
     }
+
+
+def mixture_digest(base: Path, config: DemoConfig, seed: int, layers: tuple[int, ...]) -> str:
+    """Hash of a small sample of the oracle's mixture (same seed and weights), so that a change
+    in how the examples are built shows in the stamp even when no setting changed."""
+    sample = dataclasses.replace(config.mixture, total=MIXTURE_SAMPLE)
+    examples = build_toy_mixture(make_world(seed), load_tokenizer(base), layers, sample)
+    return digest([
+        [list(e.context_ids), list(e.positions), e.layer, e.question, e.answer] for e in examples
+    ])
 
 
 def load_or_train_oracle(
