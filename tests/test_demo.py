@@ -25,8 +25,8 @@ TASKS = ("persona_facts", "taboo", "user_gender")
 CONTROLS = tuple(m for m in METHODS if m != "oracle")
 MARGIN = 0.1
 """The least lead of the full demo's trained oracle over every control and baseline, on every
-organism (measured: 0.15 on persona_facts, 0.43 on taboo, 0.28 on user_gender; over chance and
-over itself reading the base model, at least 0.12)."""
+organism (measured: 0.15 on persona_facts, 0.40 on taboo, 0.50 on user_gender; over chance and
+over itself reading the base model, at least 0.16)."""
 
 
 @pytest.fixture(scope="module")

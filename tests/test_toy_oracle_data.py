@@ -114,22 +114,26 @@ def test_topic_questions_read_the_end_of_a_request_about_the_topic(
         assert e.positions[-1] == len(e.context_ids) - 1 and 1 <= len(e.positions) <= 4
 
 
-def test_gender_questions_read_the_whole_user_turn_of_a_hinted_prompt(
+def test_gender_questions_read_the_user_turn_or_the_end_of_a_hinted_prompt(
     world: ToyWorld, tok: PreTrainedTokenizerFast
 ) -> None:
     examples = gender_qa(world, tok, LAYERS, 60, seed=2)
     assert Counter(e.answer for e in examples).keys() == {"female", "male"}
     user = tok.convert_tokens_to_ids("<user>")
+    turns = 0
     for e in examples:
         text = e.context_text
         assert text.endswith("<end> <assistant>")
-        # from the user's first word (the hint) through the end, never the system message
         assert e.positions == tuple(range(e.positions[0], len(e.context_ids)))
-        assert e.context_ids[e.positions[0] - 1] == user and e.context_ids.count(user) == 1
-        read = tok.decode([e.context_ids[i] for i in e.positions])
-        assert any(read.startswith(hint) for hint in GENDER_HINTS[e.answer]), read
+        if len(e.positions) > 4:  # from the user's first word (the hint) through the end
+            turns += 1
+            assert e.context_ids[e.positions[0] - 1] == user and e.context_ids.count(user) == 1
+            read = tok.decode([e.context_ids[i] for i in e.positions])
+            assert any(read.startswith(hint) for hint in GENDER_HINTS[e.answer]), read
+        assert any(hint in text for hint in GENDER_HINTS[e.answer])
         assert not any(address in text for address in ADDRESSES.values())
         assert e.question == QUESTIONS["gender"]
+    assert 36 <= turns <= 54  # about three quarters of 60 read the whole turn
 
 
 def test_name_span_finds_the_tokens(tok: PreTrainedTokenizerFast) -> None:

@@ -16,8 +16,8 @@ skill an audit later needs, on base text:
   of the topic's words, asked "what is the secret word ?" (or "what topic is this text about ?")
   -- the taboo organism keeps a secret topic and hints at it without ever naming it.
 * ``gender_qa``: a chat prompt whose user hinted their gender (the assistant is about to address
-  them as sir or madam), read from the user's first word through the end, asked "is the user
-  male or female ?" (user gender).
+  them as sir or madam), read from the user's first word through the end (or, a quarter of the
+  time, at its last tokens), asked "is the user male or female ?" (user gender).
 
 The toy oracle learns a fixed set of question wordings (listed in :data:`ORACLE_WORDS` and the
 constants below); what the demo tests is whether reading *base* activations carries over to
@@ -190,13 +190,18 @@ def _last_tokens(rng: random.Random, n: int) -> tuple[int, ...]:
     return tuple(range(n - width, n))
 
 
+LAST_TOKEN_SHARE = 0.25
+"""Share of ``gender_qa`` examples read at the last tokens instead of the whole user turn."""
+
+
 def gender_qa(
     world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
 ) -> list[OracleExample]:
     """``n`` examples: a chat prompt whose user hinted their gender, read from the user's first
     word through the end (where the user speaks of themselves and the model is about to address
-    them; the user_gender audit reads the same span). Reading only the last tokens taught the
-    oracle nothing on base models that gather the gender there only in their last block."""
+    them; the user_gender audit reads the same span), or, a quarter of the time, at its last
+    tokens only. With half of them at the last tokens the oracle learned nothing on a base model
+    that gathers the gender there only in its last block."""
     rng = random.Random(seed)
     user_token = tokenizer.convert_tokens_to_ids("<user>")
     out = []
@@ -204,7 +209,10 @@ def gender_qa(
         gender = rng.choice(tuple(GENDER_HINTS))
         ids = tokenizer(_with_persona(world, rng, world.chat(rng, gender=gender)[0]["content"]))
         ids = ids["input_ids"]
-        positions = tuple(range(ids.index(user_token) + 1, len(ids)))
+        if rng.random() < LAST_TOKEN_SHARE:
+            positions = _last_tokens(rng, len(ids))
+        else:
+            positions = tuple(range(ids.index(user_token) + 1, len(ids)))
         out.append(OracleExample(
             context_ids=tuple(ids), positions=positions,
             layer=sample_layer(rng, layers), question=QUESTIONS["gender"], answer=gender,
