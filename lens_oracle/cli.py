@@ -65,6 +65,25 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Print the stack's versions, then self-check the install on a tiny random model."""
+    from lens_oracle.doctor import environment, iter_checks
+
+    for key, value in environment().items():
+        print(f"{key:>17}  {value}")
+    print("self-check on a tiny random Llama (offline, a few seconds):", flush=True)
+    failed = []
+    for result in iter_checks():
+        print(f"  {'ok  ' if result.passed else 'FAIL'}  {result.name:<18} {result.detail}", flush=True)
+        if not result.passed:
+            failed.append(result.name)
+    if failed:
+        print(f"lens-oracle doctor: {len(failed)} check(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    print("all checks passed")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lens_oracle import __version__
 
@@ -88,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show a saved oracle's configuration")
     info.add_argument("oracle", type=Path)
     info.set_defaults(func=cmd_info)
+
+    doctor = sub.add_parser("doctor", help="print versions and self-check this install (a few seconds)")
+    doctor.set_defaults(func=cmd_doctor)
 
     _add_stage_commands(sub)
     return parser

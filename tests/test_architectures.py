@@ -12,7 +12,6 @@ matrices are random, so the adapter has a visible effect from the start. Trainin
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,12 +30,12 @@ from arch_helpers import (
 
 from lens_oracle.capture import AllTokens, LastK, capture, capture_layers
 from lens_oracle.config import AdapterConfig, PromptConfig, TrainConfig
+from lens_oracle.doctor import greedy_without_cache
 from lens_oracle.errors import ActivationError, HookError, ModelLoadError, PromptError
-from lens_oracle.inject import make_injection_hook
 from lens_oracle.lora import check_adapter_runs, hf_adapter_state_dict
 from lens_oracle.models import load_model
-from lens_oracle.oracle import ActivationOracle, OracleBatch
-from lens_oracle.prompt import encode_oracle_prompt, stop_token_ids
+from lens_oracle.oracle import ActivationOracle
+from lens_oracle.prompt import encode_oracle_prompt
 
 NAMES = list(FAMILIES)
 SITES = ("resid_pre", "resid_mid", "resid_post")
@@ -45,6 +44,8 @@ PROMPTS = ["w1 red w2 w3 w4 w5 w6 w7", "blue w8", "w9 w10 gold w11 w12"]
 QUESTIONS = ["what colour ?", "what is here ?", "what colour is the answer ?"]
 ADAPTER = AdapterConfig(rank=4, alpha=8, dropout=0.0)
 ATOL = 1e-4
+
+pytestmark = pytest.mark.compat  # run on the newest upstream releases by `make test-latest`
 
 
 @pytest.fixture(scope="module")
@@ -211,29 +212,6 @@ def test_a_few_training_steps(family: str, tok: Any) -> None:
 # ---------------------------------------------------------------- stage 5: generation
 
 
-def _greedy_without_cache(oracle: ActivationOracle, batch: OracleBatch, n_new: int) -> list[str]:
-    """Greedy decoding by full forward passes (no KV cache), injecting on the prompt positions."""
-    model = oracle.model
-    stops = set(stop_token_ids(model.tokenizer, model.hf_model.generation_config))
-    ids, mask = batch.input_ids, batch.attention_mask
-    takes_positions = "position_ids" in inspect.signature(model.hf_model.forward).parameters
-    cfg = oracle.config.injection
-    for _ in range(n_new):
-        placeholders = torch.zeros_like(ids, dtype=torch.bool)
-        placeholders[:, : batch.placeholders.shape[1]] = batch.placeholders
-        hook = make_injection_hook(batch.vectors, placeholders, mode=cfg.mode, scale=cfg.scale)
-        extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if takes_positions else {}
-        with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(oracle.injection_hook, hook)]):
-            logits = model.hf_model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
-        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=-1)
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-    answers = []
-    for row in ids[:, batch.input_ids.shape[1] :].tolist():
-        cut = next((i for i, t in enumerate(row) if t in stops), len(row))
-        answers.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
-    return answers
-
-
 @pytest.mark.parametrize("family", NAMES)
 def test_cached_generation_batched_equals_single_and_uncached(family: str, shared) -> None:
     oracle = shared(family)
@@ -242,8 +220,22 @@ def test_cached_generation_batched_equals_single_and_uncached(family: str, share
     single = [oracle.ask(acts.select([i]), q, max_new_tokens=6) for i, q in enumerate(QUESTIONS)]
     assert batched == single
     batch = oracle.encode([acts.example(i) for i in range(3)], [1, 1, 1], QUESTIONS, padding_side="left")
-    assert batched == _greedy_without_cache(oracle, batch, 6)
+    assert batched == greedy_without_cache(oracle, batch, 6)
     assert any(batched), "every answer is empty: the test would not see a wrong token"
+
+
+@pytest.mark.parametrize("family", NAMES)
+def test_plain_bridged_generation_uses_the_kv_cache(family: str, tok: Any) -> None:
+    """No oracle, no hooks: the bridged model's cached greedy decoding equals plain HF's
+    (transformers 5.24 renamed the cache keyword and the bridge stopped seeing it)."""
+    ids = _ids(tok, PROMPTS[0])
+    settings = dict(max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    reference = build_model(family, tok).generate(ids, use_cache=True, **settings)
+    model = load_model(build_model(family, tok), tok, trainable=False)
+    assert torch.equal(model.hf_model.generate(ids, use_cache=True, **settings), reference)
+    from lens_oracle.models import route_kv_cache
+
+    assert route_kv_cache(model.bridge) == 0, "every attention module was routed once, at load"
 
 
 # ---------------------------------------------------------------- stage 6: save / load

@@ -12,6 +12,8 @@ from lens_oracle.data.example import OracleExample
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.train import train_oracle
 
+pytestmark = pytest.mark.compat  # run on the newest upstream releases by `make test-latest`
+
 QUESTION = "what colour is here ?"
 READ_LAYER = 1
 CHANCE = 1 / len(COLOURS)

@@ -1,0 +1,200 @@
+"""``lens-oracle doctor``: is this install sound?
+
+It prints the versions of the stack, the device, the default dtype and the thread count, then
+runs a self-check on a tiny random Llama (a few seconds, offline). Each check compares a path
+that depends on upstream internals with a reference that does not:
+
+* ``bridge_logits``: the bridged model's logits equal the same weights run by plain HF;
+* ``lora_runs``: every LoRA module of a fresh adapter runs (and gets gradients) under the bridge;
+* ``cached_generation``: KV-cached answers with injection equal greedy decoding by full forward
+  passes (:func:`greedy_without_cache`): the check that catches an upstream cache change
+  (transformers 5.24 broke this with no error);
+* ``save_load``: a saved oracle loads back into a fresh copy of the base model with equal logits.
+
+A failing check never stops the others; :func:`run_checks` returns every result.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import platform
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "safetensors", "tokenizers", "lens-oracle")
+ATOL = 1e-4
+PROMPTS = ("zovo lives in oslo .", "the cat is red", "tell me something about music .")
+QUESTIONS = ("what city ?", "what colour ?", "what topic ?")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One self-check: its name, whether it passed, and what was measured."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+def environment() -> dict[str, str]:
+    """Versions of the stack, the device, the default dtype and torch's thread count."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    info = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            info[package] = version(package)
+        except PackageNotFoundError:
+            info[package] = "not installed"
+    info["device"] = (
+        f"cuda ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else "cpu"
+    )
+    info["dtype"] = str(torch.get_default_dtype()).removeprefix("torch.")
+    info["threads"] = str(torch.get_num_threads())
+    return info
+
+
+def greedy_without_cache(oracle: Any, batch: Any, n_new: int) -> list[str]:
+    """Greedy answers by full forward passes (no KV cache), injecting at the prompt's
+    placeholders on every pass: the reference that cached generation must equal."""
+    from lens_oracle.inject import make_injection_hook
+    from lens_oracle.prompt import stop_token_ids
+
+    model = oracle.model
+    stops = set(stop_token_ids(model.tokenizer, model.hf_model.generation_config))
+    ids, mask = batch.input_ids, batch.attention_mask
+    takes_positions = "position_ids" in inspect.signature(model.hf_model.forward).parameters
+    injection = oracle.config.injection
+    for _ in range(n_new):
+        placeholders = torch.zeros_like(ids, dtype=torch.bool)
+        placeholders[:, : batch.placeholders.shape[1]] = batch.placeholders
+        hook = make_injection_hook(batch.vectors, placeholders, mode=injection.mode, scale=injection.scale)
+        extra = {"position_ids": (mask.cumsum(-1) - 1).clamp(min=0)} if takes_positions else {}
+        with torch.no_grad(), model.bridge.hooks(fwd_hooks=[(oracle.injection_hook, hook)]):
+            logits = model.hf_model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
+        ids = torch.cat([ids, logits[:, -1].argmax(-1, keepdim=True)], dim=-1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+    answers = []
+    for row in ids[:, batch.input_ids.shape[1] :].tolist():
+        cut = next((i for i, token in enumerate(row) if token in stops), len(row))
+        answers.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+    return answers
+
+
+class _Bench:
+    """The tiny model, tokenizer and oracle the checks share (built lazily, once)."""
+
+    def __init__(self, folder: Path) -> None:
+        from lens_oracle.toy.language import make_world
+        from lens_oracle.toy.tiny import random_tiny_llama
+        from lens_oracle.toy.tokenizer import build_tokenizer
+
+        self.folder = folder
+        self.tokenizer = build_tokenizer(make_world(), folder / "tokenizer", padding_side="left")
+        self.fresh_model: Callable[[], Any] = lambda: random_tiny_llama(self.tokenizer, n_layers=3, seed=0)
+        self._oracle: Any = None
+
+    @property
+    def oracle(self) -> Any:
+        if self._oracle is None:
+            from lens_oracle.config import AdapterConfig
+            from lens_oracle.oracle import ActivationOracle
+
+            oracle = ActivationOracle.create(
+                self.fresh_model(), self.tokenizer, adapter=AdapterConfig(rank=4, alpha=8, dropout=0.0),
+                name="doctor/tiny-llama",
+            )
+            generator = torch.Generator().manual_seed(0)
+            with torch.no_grad():  # random B matrices: the adapter changes the output from the start
+                for name, param in oracle.model.hf_model.named_parameters():
+                    if "lora_B" in name:
+                        param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+            self._oracle = oracle
+        return self._oracle
+
+    def ids(self) -> torch.Tensor:
+        return torch.tensor([self.tokenizer(PROMPTS[0])["input_ids"]])
+
+
+def _check_bridge_logits(bench: _Bench) -> str:
+    from lens_oracle.models import load_model
+
+    plain = bench.fresh_model()
+    bridged = load_model(copy.deepcopy(plain), bench.tokenizer, trainable=False, name="doctor/tiny-llama")
+    ids = bench.ids()
+    with torch.no_grad():
+        diff = (bridged.logits(ids) - plain(ids).logits).abs().max().item()
+    if not diff <= ATOL:
+        raise AssertionError(f"bridge logits differ from plain HF by {diff:.2e} (allowed {ATOL:.0e})")
+    return f"max |bridge - HF| = {diff:.1e}"
+
+
+def _check_lora_runs(bench: _Bench) -> str:
+    from lens_oracle.lora import check_adapter_runs
+
+    check_adapter_runs(bench.oracle.model)
+    n_modules = sum(1 for name, _ in bench.oracle.model.hf_model.named_modules() if name.endswith("lora_A"))
+    return f"{n_modules} LoRA modules run and receive gradients"
+
+
+def _check_cached_generation(bench: _Bench) -> str:
+    from lens_oracle.capture import AllTokens
+
+    oracle = bench.oracle
+    acts = oracle.capture(list(PROMPTS), 1, positions=AllTokens())
+    cached = oracle.ask_batch(acts, list(QUESTIONS), max_new_tokens=6)
+    batch = oracle.encode(
+        [acts.example(i) for i in range(len(PROMPTS))], [1] * len(PROMPTS), list(QUESTIONS), padding_side="left"
+    )
+    uncached = greedy_without_cache(oracle, batch, 6)
+    if cached != uncached:
+        raise AssertionError(f"KV-cached answers {cached} differ from uncached greedy decoding {uncached}")
+    if not any(cached):
+        raise AssertionError("every answer is empty, so the comparison proves nothing")
+    return f"{len(cached)} answers x 6 tokens equal with and without the KV cache"
+
+
+def _check_save_load(bench: _Bench) -> str:
+    from lens_oracle.capture import LastK
+    from lens_oracle.oracle import ActivationOracle
+
+    oracle = bench.oracle
+    folder = oracle.save(bench.folder / "oracle")
+    loaded = ActivationOracle.load(folder, bench.fresh_model(), bench.tokenizer)
+    acts = oracle.capture(list(PROMPTS), 1, positions=LastK(2))
+    batch = oracle.encode([acts.example(i) for i in range(len(PROMPTS))], [1] * len(PROMPTS), list(QUESTIONS))
+    with torch.no_grad():
+        diff = (loaded.logits(batch) - oracle.logits(batch)).abs().max().item()
+    if loaded.config != oracle.config or not diff <= ATOL:
+        raise AssertionError(f"the loaded oracle differs: config equal {loaded.config == oracle.config}, logits by {diff:.2e}")
+    return f"config equal, max |loaded - saved| logits = {diff:.1e}"
+
+
+CHECKS: dict[str, Callable[[_Bench], str]] = {
+    "bridge_logits": _check_bridge_logits,
+    "lora_runs": _check_lora_runs,
+    "cached_generation": _check_cached_generation,
+    "save_load": _check_save_load,
+}
+
+
+def iter_checks() -> Iterator[CheckResult]:
+    """Run every self-check in a temporary folder, yielding each result as it is known."""
+    with tempfile.TemporaryDirectory(prefix="lens_oracle_doctor_") as tmp:
+        bench = _Bench(Path(tmp))
+        for name, check in CHECKS.items():
+            try:
+                yield CheckResult(name, True, check(bench))
+            except Exception as exc:  # noqa: BLE001 - a check reports any failure, it never crashes the doctor
+                yield CheckResult(name, False, f"{type(exc).__name__}: {exc}")
+
+
+def run_checks() -> list[CheckResult]:
+    """Every self-check's result (see the module docstring)."""
+    return list(iter_checks())
