@@ -21,23 +21,23 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ActivationOracle": "lens_oracle.oracle",
-    "Activations": "lens_oracle.capture",
+    "Activations": "lens_oracle.activations",
     "AdapterConfig": "lens_oracle.config",
-    "AllTokens": "lens_oracle.capture",
-    "Indices": "lens_oracle.capture",
+    "AllTokens": "lens_oracle.activations",
+    "Indices": "lens_oracle.activations",
     "InjectionConfig": "lens_oracle.config",
-    "LastK": "lens_oracle.capture",
-    "LastToken": "lens_oracle.capture",
+    "LastK": "lens_oracle.activations",
+    "LastToken": "lens_oracle.activations",
     "LensOracleError": "lens_oracle.errors",
     "OracleConfig": "lens_oracle.config",
     "OracleExample": "lens_oracle.data.example",
     "ProjectorConfig": "lens_oracle.config",
     "PromptConfig": "lens_oracle.config",
-    "Segment": "lens_oracle.capture",
-    "Substring": "lens_oracle.capture",
+    "Segment": "lens_oracle.activations",
+    "Substring": "lens_oracle.activations",
     "TrainConfig": "lens_oracle.config",
-    "capture": "lens_oracle.capture",
-    "capture_layers": "lens_oracle.capture",
+    "capture": "lens_oracle.activations",
+    "capture_layers": "lens_oracle.activations",
     "load_model": "lens_oracle.models",
     "train_oracle": "lens_oracle.train",
 }
@@ -57,7 +57,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from lens_oracle.capture import (
+    from lens_oracle.activations import (
         Activations,
         AllTokens,
         Indices,

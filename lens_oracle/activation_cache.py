@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from lens_oracle.capture import read_vectors
+from lens_oracle.activations import read_vectors
 from lens_oracle.config import Site
 from lens_oracle.data.example import OracleExample
 from lens_oracle.errors import ArtifactError, ConfigError, DataError, PromptError
@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 FORMAT = "lens_oracle.activation_cache"
 FORMAT_VERSION = 1
 INDEX_FILE = "index.json"
+CACHE_FILES = (INDEX_FILE, "shard-*.safetensors")
+"""What a cache folder holds: the only files that rebuilding one may replace."""
 KEY_BYTES = 16
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _SAFETENSORS_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
@@ -429,7 +431,7 @@ def build_activation_cache(
         )
     identity = model_identity(model, with_adapter=with_adapter)
     order = sorted(unique, key=lambda k: -len(unique[k].context_ids))
-    with atomic_folder(folder) as staging, _reading(source) as reading:
+    with atomic_folder(folder, owned=CACHE_FILES, what="activation cache") as staging, _reading(source) as reading:
         writer = _ShardWriter(staging, DTYPES[dtype], max_shard_bytes)
         starts = range(0, len(order), batch_size)
         for start in tqdm(starts, desc="caching activations", unit="batch", disable=not progress):

@@ -82,7 +82,7 @@ def save_checkpoint(folder: Path, state: TrainingState, *, keep: int = 2) -> Pat
 
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{state.step:08d}"
-    with atomic_folder(final) as tmp:
+    with atomic_folder(final, owned=(STATE_FILE, META_FILE), what="checkpoint") as tmp:
         opt_tensors, opt_rest = _split_optimizer(state.optimizer)
         tensors = {f"adapter.{k}": v.detach().cpu().contiguous() for k, v in state.adapter.items()}
         tensors.update(opt_tensors)

@@ -15,7 +15,7 @@ from lens_oracle.errors import ConfigError, LensOracleError
 
 def _positions(spec: str):  # noqa: ANN202 - returns a capture position selector
     """Parse ``last``, ``last:K``, ``all``, ``segment:A:B``, ``indices:1,2``, ``substring:TEXT``."""
-    from lens_oracle import capture as c
+    from lens_oracle import activations as c
 
     kind, _, rest = spec.partition(":")
     try:

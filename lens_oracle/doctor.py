@@ -144,7 +144,7 @@ def _check_lora_runs(bench: _Bench) -> str:
 
 
 def _check_cached_generation(bench: _Bench) -> str:
-    from lens_oracle.capture import AllTokens
+    from lens_oracle.activations import AllTokens
 
     oracle = bench.oracle
     acts = oracle.capture(list(PROMPTS), 1, positions=AllTokens())
@@ -161,7 +161,7 @@ def _check_cached_generation(bench: _Bench) -> str:
 
 
 def _check_save_load(bench: _Bench) -> str:
-    from lens_oracle.capture import LastK
+    from lens_oracle.activations import LastK
     from lens_oracle.oracle import ActivationOracle
 
     oracle = bench.oracle

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from lens_oracle.capture import Activations, LastToken, Positions, Prompt, capture
+from lens_oracle.activations import Activations, LastToken, Positions, Prompt, capture
 from lens_oracle.config import (
     AdapterConfig,
     InjectionConfig,
@@ -31,7 +31,7 @@ from lens_oracle.config import (
 )
 from lens_oracle.errors import ActivationError, ArtifactError, ConfigError, PromptError
 from lens_oracle.inject import check_vectors, make_injection_hook, placeholder_mask, stack_vectors
-from lens_oracle.io import atomic_folder, atomic_write_json
+from lens_oracle.io import atomic_folder, atomic_write_json, check_replaceable
 from lens_oracle.models import (
     LoadedModel,
     ModelSource,
@@ -55,6 +55,11 @@ log = logging.getLogger(__name__)
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 ORACLE_CONFIG = "oracle_config.json"
+ORACLE_FILES = (
+    ADAPTER_CONFIG, ADAPTER_WEIGHTS, ORACLE_CONFIG, PROJECTOR_WEIGHTS, "ao_config.json", "README.md", "*.stamp.json",
+)
+"""What an oracle folder (ours, or a published AO adapter) may hold: ``save(overwrite=True)``
+replaces a folder only when it holds nothing else. ``*.stamp.json``: provenance sidecars."""
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
@@ -176,14 +181,21 @@ class ActivationOracle:
             projector.requires_grad_(trainable)
         return cls(model, config, projector)
 
-    def save(self, folder: str | os.PathLike[str]) -> Path:
-        """Write adapter (safetensors, clean PEFT keys) + ``oracle_config.json`` atomically."""
+    def save(self, folder: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write adapter (safetensors, clean PEFT keys) + ``oracle_config.json`` atomically.
+
+        An existing non-empty ``folder`` is refused unless ``overwrite`` is true, and even then
+        it is replaced only if it is an oracle folder holding nothing but oracle files
+        (:data:`ORACLE_FILES`): a path that is a file, or a folder with anything else in it,
+        raises :class:`ArtifactError` and nothing is touched.
+        """
         from safetensors.torch import save_file
 
         folder = Path(folder)
         if self.model.peft_model is None:
             raise ArtifactError("this oracle has no adapter to save")
-        with atomic_folder(folder) as staging:
+        check_oracle_destination(folder, overwrite=overwrite)
+        with atomic_folder(folder, owned=ORACLE_FILES, what="saved oracle") as staging:
             peft_config = self.model.peft_model.peft_config["default"]
             peft_config.save_pretrained(str(staging))
             save_file(self.model.adapter_state_dict(), str(staging / ADAPTER_WEIGHTS), metadata={"format": "pt"})
@@ -213,7 +225,7 @@ class ActivationOracle:
         if self.projector is not None:
             raise ActivationError(
                 f"this oracle reads {self.projector.config.source_model!r} through its projector, "
-                "not its own model: capture with lens_oracle.capture(source_model, ...)"
+                "not its own model: capture with lens_oracle.activations(source_model, ...)"
             )
         with self.adapter_disabled() as base:
             return capture(base, prompts, layer, site=site, positions=positions, batch_size=batch_size)
@@ -473,6 +485,20 @@ class ActivationOracle:
         vectors = [torch.cat([a.example(i) for a in records]) for i in range(len(first))]
         tag: LayerTag = first.layer if len(records) == 1 else tuple(a.layer for a in records)
         return vectors, [tag] * len(vectors)
+
+
+def check_oracle_destination(folder: Path, *, overwrite: bool) -> None:
+    """Raise :class:`ArtifactError` unless an oracle may be saved to ``folder`` (see
+    :meth:`ActivationOracle.save`); cheap, so callers check before training."""
+    check_replaceable(folder, ORACLE_FILES, "saved oracle")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not overwrite:
+            raise ArtifactError(f"{folder} already holds an oracle; pass overwrite=True to replace it")
+        if not ((folder / ORACLE_CONFIG).is_file() or (folder / ADAPTER_CONFIG).is_file()):
+            raise ArtifactError(
+                f"{folder} is not an oracle folder (no {ORACLE_CONFIG} or {ADAPTER_CONFIG}); "
+                "refusing to replace it: choose a new or empty folder"
+            )
 
 
 def read_oracle_folder(folder: Path) -> OracleConfig | None:

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lens_oracle.capture import LastToken, Positions
+from lens_oracle.activations import LastToken, Positions
 from lens_oracle.config import (
     AdapterConfig,
     InjectionConfig,

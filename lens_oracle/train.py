@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from lens_oracle.capture import read_vectors
+from lens_oracle.activations import read_vectors
 from lens_oracle.checkpoint import (
     TrainingState,
     capture_rng,

@@ -112,6 +112,9 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise DataError(f"example file {str(args.data)!r} does not exist; write one with lens-oracle data build")
     if args.out.exists() and not args.overwrite:
         raise ConfigError(f"{args.out} already exists; choose another --out or pass --overwrite")
+    from lens_oracle.oracle import check_oracle_destination
+
+    check_oracle_destination(args.out, overwrite=True)  # --overwrite replaces only an oracle folder
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -157,7 +160,7 @@ def run_train(args: argparse.Namespace) -> int:
             reader=reader, distributed=context,
         )
         if context.is_main:
-            oracle.save(args.out)
+            oracle.save(args.out, overwrite=args.overwrite)
             summary = {"out": str(args.out), "steps": result.steps, "final_loss": result.losses[-1],
                        "processes": context.world_size, "examples": len(examples)}
             print(json.dumps(summary))

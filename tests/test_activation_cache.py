@@ -16,7 +16,7 @@ from lens_oracle.activation_cache import (
     model_identity,
     open_activation_cache,
 )
-from lens_oracle.capture import read_vectors
+from lens_oracle.activations import read_vectors
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.example import OracleExample
 from lens_oracle.errors import ArtifactError, DataError, HookError

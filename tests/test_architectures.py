@@ -28,7 +28,7 @@ from arch_helpers import (
     randomize_lora,
 )
 
-from lens_oracle.capture import AllTokens, LastK, capture, capture_layers
+from lens_oracle.activations import AllTokens, LastK, capture, capture_layers
 from lens_oracle.config import AdapterConfig, PromptConfig, TrainConfig
 from lens_oracle.doctor import greedy_without_cache
 from lens_oracle.errors import ActivationError, HookError, ModelLoadError, PromptError

@@ -11,7 +11,7 @@ import pytest
 import torch
 from helpers import COLOURS, build_llama, colour_task
 
-from lens_oracle.capture import Indices
+from lens_oracle.activations import Indices
 from lens_oracle.checkpoint import latest_valid_checkpoint
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.example import OracleExample

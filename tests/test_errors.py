@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers import build_llama
-from lens_oracle import capture as cap
+from lens_oracle import activations as cap
 from lens_oracle.config import AdapterConfig, InjectionConfig, OracleConfig, PromptConfig, TrainConfig
 from lens_oracle.data.example import OracleExample, read_jsonl
 from lens_oracle.errors import (
@@ -197,7 +197,7 @@ def test_failed_save_keeps_the_previous_oracle(oracle, tmp_path, monkeypatch) ->
     before = (tmp_path / "oracle" / "adapter_model.safetensors").read_bytes()
     monkeypatch.setattr("safetensors.torch.save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
-        oracle.save(tmp_path / "oracle")
+        oracle.save(tmp_path / "oracle", overwrite=True)
     assert (tmp_path / "oracle" / "adapter_model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["oracle"]
 

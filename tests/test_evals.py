@@ -16,7 +16,7 @@ import pytest
 import torch
 from helpers import COLOURS, build_llama, build_tokenizer, colour_task
 
-from lens_oracle.capture import AllTokens, Indices, LastToken, read_vectors
+from lens_oracle.activations import AllTokens, Indices, LastToken, read_vectors
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.example import OracleExample
 from lens_oracle.evals.cli import eval_main

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lens_oracle.capture import AllTokens, Indices, LastK, LastToken, Segment, Substring
+from lens_oracle.activations import AllTokens, Indices, LastK, LastToken, Segment, Substring
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.cli import build_parser, eval_main
 from lens_oracle.evals.controls import random_like, shuffle_permutation

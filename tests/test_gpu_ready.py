@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from arch_helpers import build_model, randomize_lora
 from helpers import build_llama, colour_task
 
-from lens_oracle.capture import LastK, capture
+from lens_oracle.activations import LastK, capture
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.example import OracleExample
 from lens_oracle.inject import inject, scatter_vectors

@@ -17,7 +17,7 @@ import pytest
 import torch
 from helpers import build_llama
 
-from lens_oracle.capture import read_vectors
+from lens_oracle.activations import read_vectors
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data import (
     ClassificationConfig,

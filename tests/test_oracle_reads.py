@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import COLOURS, build_llama, colour_task
-from lens_oracle.capture import read_vectors
+from lens_oracle.activations import read_vectors
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.example import OracleExample
 from lens_oracle.oracle import ActivationOracle

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import build_llama
-from lens_oracle.capture import (
+from lens_oracle.activations import (
     AllTokens,
     Indices,
     LastK,
@@ -207,7 +207,7 @@ def test_save_load_in_fresh_process_reproduces_answers(tokenizer, tokenizer_dir:
     script = textwrap.dedent(
         f"""
         import json
-        from lens_oracle.capture import LastK
+        from lens_oracle.activations import LastK
         from lens_oracle.oracle import ActivationOracle
         oracle = ActivationOracle.load({str(tmp_path / 'oracle')!r}, tokenizer={str(tokenizer_dir)!r})
         acts = oracle.capture({PROMPTS!r}, 1, positions=LastK(2))

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lens_oracle.capture import AllTokens, Indices, LastK, LastToken, Segment, TokenizedPrompt
+from lens_oracle.activations import AllTokens, Indices, LastK, LastToken, Segment, TokenizedPrompt
 from lens_oracle.inject import inject
 
 finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)

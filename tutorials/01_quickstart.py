@@ -20,7 +20,7 @@ from pathlib import Path
 
 
 import lens_oracle as lo
-from lens_oracle.capture import tokenize_prompt
+from lens_oracle.activations import tokenize_prompt
 
 
 def build_toy_model(tokenizer, seed: int):
@@ -50,7 +50,7 @@ def fact_examples(world, tokenizer, entities, layer: int) -> list[lo.OracleExamp
 
 def accuracy(oracle, examples, *, shuffle: bool = False) -> float:
     with oracle.adapter_disabled() as base:
-        from lens_oracle.capture import read_vectors
+        from lens_oracle.activations import read_vectors
 
         vectors = read_vectors(base, [e.context_ids for e in examples], [e.positions for e in examples],
                                [e.layer for e in examples])
@@ -116,7 +116,7 @@ def main() -> None:
 
     # 4. Save and load back.
     out = args.out or Path(tempfile.mkdtemp()) / "oracle"
-    oracle.save(out)
+    oracle.save(out, overwrite=True)  # replaces only an oracle saved there before
     print(f"saved to {out}: {sorted(p.name for p in out.iterdir())}")
     if not args.model:  # reload onto a fresh copy of the same random weights and ask again
         again = lo.ActivationOracle.load(out, build_toy_model(tokenizer, args.seed), tokenizer)

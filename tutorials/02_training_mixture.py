@@ -35,7 +35,7 @@ from pathlib import Path
 
 
 import lens_oracle as lo
-from lens_oracle.capture import read_vectors
+from lens_oracle.activations import read_vectors
 from lens_oracle.data import (
     ClassificationConfig,
     ContextPredictionConfig,
@@ -307,7 +307,7 @@ def main() -> None:
     print(f"yes/no questions answered with yes or no: {yes_no:.2f}")
 
     if args.out:
-        oracle.save(args.out)
+        oracle.save(args.out, overwrite=True)  # replaces only an oracle saved there before
         print(f"saved the oracle to {args.out}")
     if args.data_dir is None:
         shutil.rmtree(data_dir, ignore_errors=True)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from lens_oracle.capture import AllTokens, Indices, LastToken, Substring
+from lens_oracle.activations import AllTokens, Indices, LastToken, Substring
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.example import OracleExample
 from lens_oracle.evals import EvalItem, EvalTask, load_tasks, merge_reports, run_task, sweep

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from lens_oracle.capture import LastK, capture_layers
+from lens_oracle.activations import LastK, capture_layers
 from lens_oracle.config import TrainConfig
 from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
@@ -116,7 +116,7 @@ def main() -> None:
     answer = oracle.ask_batch(list(by_layer.values()), question, max_new_tokens=2)[0]
     print(f"ask: {chat!r}\n  {question!r} -> {answer!r} (the review is {label})")
     out = args.out or Path(tempfile.mkdtemp()) / "meta-model"
-    oracle.save(out)
+    oracle.save(out, overwrite=True)  # replaces only an oracle saved there before
     print(f"saved to {out}: {sorted(p.name for p in out.iterdir())}")
     again = ActivationOracle.load(out)
     print(f"reloaded oracle answers: {again.ask_batch(list(by_layer.values()), question, max_new_tokens=2)[0]!r}")

@@ -13,7 +13,7 @@ from dataclasses import replace
 from statistics import fmean
 from typing import Any
 
-from lens_oracle.capture import Positions
+from lens_oracle.activations import Positions
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.baselines import black_box, linear_probe, logit_lens
 from lens_oracle.evals.controls import ablated_shuffle, ask_oracle, random_like

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lens_oracle.capture import read_vectors, tokenize_prompt
+from lens_oracle.activations import read_vectors, tokenize_prompt
 from lens_oracle.config import Site
 from lens_oracle.errors import EvalError, LensOracleError
 from lens_oracle.evals.tasks import EvalItem, EvalTask, TargetSpec

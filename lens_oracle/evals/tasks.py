@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
-from lens_oracle.capture import AllTokens, Indices, LastK, LastToken, Positions, Segment, Substring
+from lens_oracle.activations import AllTokens, Indices, LastK, LastToken, Positions, Segment, Substring
 from lens_oracle.config import Site
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.metrics import normalize_answer
@@ -40,7 +40,7 @@ def positions_to_dict(selector: Positions) -> dict[str, Any]:
         if type(selector) is cls:
             data = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(selector).items()}
             return {"kind": kind, **data}
-    raise EvalError(f"unknown position selector {selector!r}; use one from lens_oracle.capture")
+    raise EvalError(f"unknown position selector {selector!r}; use one from lens_oracle.activations")
 
 
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {

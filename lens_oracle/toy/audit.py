@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lens_oracle.capture import LastToken, Positions, Substring
+from lens_oracle.activations import LastToken, Positions, Substring
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.metrics import Score, summarize
 from lens_oracle.evals.report import EvalReport

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 """Bumped when the oracle's training changes, so cached oracles are not reused."""
-ORACLE_STAMP = "toy_oracle.json"
+ORACLE_STAMP = "toy_oracle.stamp.json"
 MIXTURE_SAMPLE = 240
 """Examples of the mixture sample hashed into the oracle's stamp (:func:`mixture_digest`)."""
 METHODS: tuple[str, ...] = (
@@ -218,7 +218,7 @@ def load_or_train_oracle(
         "final_loss": sum(tail) / len(tail), "examples": len(examples),
     }
     log.info("trained the toy oracle: %s", metrics)
-    oracle.save(folder)
+    oracle.save(folder, overwrite=True)
     atomic_write_json(folder / ORACLE_STAMP, {"settings": settings, "metrics": metrics})
     return oracle, False
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lens_oracle.capture import Indices, LastK
+from lens_oracle.activations import Indices, LastK
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.classification import ClassificationConfig
 from lens_oracle.evals.report import EvalReport

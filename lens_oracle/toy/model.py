@@ -35,7 +35,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from lens_oracle.errors import ArtifactError, ConfigError, TrainingError
 from lens_oracle.io import atomic_folder, atomic_write_json
 from lens_oracle.toy.language import ATTRIBUTES, FACT_TEMPLATES, Entity, ToyWorld, make_world
-from lens_oracle.toy.tokenizer import EOS, build_tokenizer
+from lens_oracle.toy.tokenizer import EOS, TOKENIZER_FILES, build_tokenizer
 from lens_oracle.typing import AttentionMask, TokenIds
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 """Bumped whenever model layout or training changes, so cached folders are not reused."""
 STAMP_FILE = "toy_model.json"
+MODEL_FILES = (
+    "config.json", "generation_config.json", "model.safetensors", *TOKENIZER_FILES,
+)
+"""What a toy model folder holds besides its stamp (model and tokenizer, as HF saves them)."""
 N_SPARE = 16
 """Names reserved for persona organisms: in the vocabulary, never in pretraining text."""
 ORGANISM_WORDS: tuple[str, ...] = ("cannot", "give", "hint", "say", "secret", "word")
@@ -318,7 +322,7 @@ def save_model_folder(
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ArtifactError(f"{folder} exists and is not a folder; give a folder for the model")
-    with atomic_folder(folder) as staging:
+    with atomic_folder(folder, owned=(*MODEL_FILES, STAMP_FILE), what="toy model") as staging:
         model.save_pretrained(str(staging))
         tokenizer.save_pretrained(str(staging))
         atomic_write_json(staging / STAMP_FILE, {"settings": settings, "metrics": metrics})

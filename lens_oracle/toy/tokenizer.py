@@ -61,6 +61,8 @@ CHAT_TEMPLATE = (
 )
 """Jinja chat template; ``{% generation %}`` marks the assistant reply and its ``<end>``."""
 FORMAT_VERSION = 1
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+"""What a saved tokenizer folder holds (as transformers writes it)."""
 """Bumped whenever the tokenizer layout changes, so cached folders are not reused."""
 
 
@@ -128,7 +130,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, folder: str | Path) -> Pa
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{folder} exists and is not a folder; give a folder for the tokenizer")
-    with atomic_folder(folder) as staging:
+    with atomic_folder(folder, owned=TOKENIZER_FILES, what="tokenizer") as staging:
         tokenizer.save_pretrained(str(staging))
     return folder
 
