@@ -50,8 +50,7 @@ doctor: $(STAMP)
 test-latest:
 	test -x $(LATEST_VENV)/bin/python || $(PYTHON) -m venv $(LATEST_VENV)
 	$(LATEST_VENV)/bin/python -m pip install $(PIP_QUIET) --upgrade pip
-	$(LATEST_VENV)/bin/python -m pip install $(PIP_QUIET) "$(TORCH_SPEC)"
-	$(LATEST_VENV)/bin/python -m pip install $(PIP_QUIET) --upgrade --upgrade-strategy eager -e ".[dev]"
+	$(LATEST_VENV)/bin/python -m pip install $(PIP_QUIET) --upgrade --upgrade-strategy eager -e ".[dev]" "$(TORCH_SPEC)"
 	$(LATEST_VENV)/bin/python scripts/lock.py drift $(LOCK)
 	HF_HUB_OFFLINE=1 $(LATEST_VENV)/bin/python -m pytest -m compat -p no:cacheprovider
 	HF_HUB_OFFLINE=1 $(LATEST_VENV)/bin/lens-oracle doctor

@@ -4,7 +4,7 @@
 
 Figures (top-level keys, plain floats; each a ratio of two things timed side by side):
 
-* ``capture_over_floor`` -- :func:`lens_oracle.capture.capture` vs a bare ``stop_at_layer``
+* ``capture_over_floor`` -- :func:`lens_oracle.activations.capture` vs a bare ``stop_at_layer``
   forward on the same tokens (goal <= 1.05); ``capture_speedup_vs_full_cache`` -- a full
   ``run_with_cache`` vs our capture.
 * ``train_step_over_floor`` -- one trainer step vs a plain PEFT LoRA step on the same oracle

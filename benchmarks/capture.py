@@ -1,6 +1,6 @@
 """``capture_over_floor`` and ``capture_speedup_vs_full_cache``.
 
-Ours: :func:`lens_oracle.capture.capture` of ``batch`` prompts (token ids) at the middle layer,
+Ours: :func:`lens_oracle.activations.capture` of ``batch`` prompts (token ids) at the middle layer,
 ``n_read`` positions each. Floor: a bare ``bridge(ids, stop_at_layer=layer + 1)`` under
 ``no_grad`` on the same padded tokens, nothing else. Full cache: ``bridge.run_with_cache`` on the
 same tokens (every hook of every layer, the usual TransformerLens way to read activations).
@@ -25,7 +25,7 @@ GOAL = 1.05
 
 
 def run(bench: Workbench) -> tuple[dict[str, float], dict[str, Any]]:
-    from lens_oracle.capture import LastK, capture
+    from lens_oracle.activations import LastK, capture
     from lens_oracle.models import load_model
 
     sizes = bench.sizes

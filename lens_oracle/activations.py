@@ -14,10 +14,11 @@ from typing import Literal
 import torch
 
 from lens_oracle.config import ActivationConvention, Site
-from lens_oracle.errors import ActivationError, ConfigError, PositionError, PromptError
+from lens_oracle.errors import ActivationError, ConfigError, HookError, PositionError, PromptError
 from lens_oracle.inject import stack_vectors
 from lens_oracle.models import LoadedModel, resolve_layers
 from lens_oracle.typing import VectorCounts, Vectors
+from lens_oracle.validate import is_int
 
 Prompt = str | Sequence[int]
 """A prompt: text (tokenized with special tokens) or token ids used as they are."""
@@ -40,9 +41,11 @@ class LastK:
 
     k: int
 
+    def __post_init__(self) -> None:
+        if not is_int(self.k) or self.k < 1:
+            raise PositionError(f"LastK needs an integer k >= 1, got {self.k!r}")
+
     def resolve(self, n_tokens: int, tokenized: TokenizedPrompt) -> list[int]:
-        if self.k < 1:
-            raise PositionError(f"LastK needs k >= 1, got {self.k}")
         return list(range(max(0, n_tokens - self.k), n_tokens))
 
 
@@ -52,6 +55,10 @@ class Segment:
 
     start: int
     end: int | None = None
+
+    def __post_init__(self) -> None:
+        if not is_int(self.start) or not (self.end is None or is_int(self.end)):
+            raise PositionError(f"Segment needs integer bounds, got [{self.start!r}:{self.end!r}]")
 
     def resolve(self, n_tokens: int, tokenized: TokenizedPrompt) -> list[int]:
         picked = list(range(n_tokens))[self.start : self.end]
@@ -68,6 +75,10 @@ class AllTokens:
 
     skip_special: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.skip_special, bool):
+            raise PositionError(f"AllTokens(skip_special=...) takes True or False, got {self.skip_special!r}")
+
     def resolve(self, n_tokens: int, tokenized: TokenizedPrompt) -> list[int]:
         if not self.skip_special:
             return list(range(n_tokens))
@@ -83,9 +94,16 @@ class Indices:
 
     indices: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.indices, (tuple, list)) or not self.indices:
+            raise PositionError(f"Indices needs a non-empty tuple of token indices, got {self.indices!r}")
+        if not all(is_int(i) for i in self.indices):
+            raise PositionError(f"Indices takes integers only, got {tuple(self.indices)!r}")
+        if len(set(self.indices)) != len(self.indices):
+            raise PositionError(f"Indices{tuple(self.indices)} names a position twice; give each once")
+        object.__setattr__(self, "indices", tuple(self.indices))
+
     def resolve(self, n_tokens: int, tokenized: TokenizedPrompt) -> list[int]:
-        if not self.indices:
-            raise PositionError("Indices() is empty; give at least one token index")
         out = []
         for i in self.indices:
             j = i + n_tokens if i < 0 else i
@@ -95,6 +113,11 @@ class Indices:
                     f"use -{n_tokens}..{n_tokens - 1}"
                 )
             out.append(j)
+        if len(set(out)) != len(out):
+            raise PositionError(
+                f"Indices{self.indices} reads a token twice in a prompt of {n_tokens} tokens; "
+                "give each position once"
+            )
         return out
 
 
@@ -107,6 +130,16 @@ class Substring:
     text: str
     occurrence: int = 0
     through_end: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str) or not self.text:
+            raise PositionError(f"Substring needs non-empty text, got {self.text!r}")
+        if not is_int(self.occurrence) or self.occurrence < 0:
+            raise PositionError(
+                f"Substring occurrence counts matches from 0 (the first); got {self.occurrence!r}"
+            )
+        if not isinstance(self.through_end, bool):
+            raise PositionError(f"Substring(through_end=...) takes True or False, got {self.through_end!r}")
 
     def resolve(self, n_tokens: int, tokenized: TokenizedPrompt) -> list[int]:
         if tokenized.text is None or tokenized.offsets is None:
@@ -129,6 +162,15 @@ class Substring:
 
 
 Positions = LastToken | LastK | Segment | AllTokens | Indices | Substring
+SELECTORS = (LastToken, LastK, Segment, AllTokens, Indices, Substring)
+
+
+def check_selector(positions: object) -> Positions:
+    """``positions`` if it is a position selector, else a :class:`PositionError` naming them."""
+    if not isinstance(positions, SELECTORS):
+        names = ", ".join(f"{cls.__name__}()" for cls in SELECTORS)
+        raise PositionError(f"positions must be a selector ({names}), got {positions!r}")
+    return positions
 
 
 @dataclass(frozen=True)
@@ -214,6 +256,22 @@ class Activations:
 # ---------------------------------------------------------------- reading
 
 
+def _check_prompts(prompts: object) -> None:
+    """Prompts are a non-empty list of texts (not blank) or of non-empty token-id lists."""
+    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not prompts:
+        raise PromptError(f"no prompts given ({prompts!r}); pass a list of strings or token-id lists")
+    for i, prompt in enumerate(prompts):
+        if isinstance(prompt, str):
+            if not prompt.strip():
+                raise PromptError(f"prompt {i} is blank; an oracle would read only special tokens")
+        elif isinstance(prompt, (Sequence, torch.Tensor)) and not isinstance(prompt, bytes):
+            ids = prompt.tolist() if isinstance(prompt, torch.Tensor) else list(prompt)
+            if not ids or not all(is_int(t) for t in ids):
+                raise PromptError(f"prompt {i} must be text or a non-empty list of integer token ids, got {prompt!r}")
+        else:
+            raise PromptError(f"prompt {i} must be text or a list of token ids, got {type(prompt).__name__}")
+
+
 def _stop_layer(layer: int, site: Site) -> int:
     return layer if site == "resid_pre" else layer + 1
 
@@ -223,6 +281,7 @@ def _check_contexts(model: LoadedModel, contexts: Sequence[Sequence[int]], posit
     for i, (ctx, pos) in enumerate(zip(contexts, positions, strict=True)):
         if len(ctx) == 0:
             raise PromptError(f"prompt {i} is empty")
+        model.check_token_ids(ctx, f"prompt {i}")
         if len(ctx) > n_ctx:
             raise PromptError(
                 f"prompt {i} has {len(ctx)} tokens, more than the model's context of {n_ctx}; "
@@ -323,13 +382,17 @@ def capture_layers(
     """
     if isinstance(prompts, str):
         prompts = [prompts]
-    if not prompts:
-        raise PromptError("no prompts given; pass a list of strings or token-id lists")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    _check_prompts(prompts)
+    check_selector(positions)
+    if not is_int(batch_size) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise HookError(f"layers must be a list of block indices, got {layers!r}")
     read = resolve_layers(model, list(layers))
     if not read:
         raise PositionError("no layers given; pass at least one layer")
+    if len(set(read)) != len(read):
+        raise HookError(f"layers {list(layers)} name a block twice; give each layer once")
     for layer in read:
         model.hook_name(layer, site)
     tokenized = [tokenize_prompt(model.tokenizer, p) for p in prompts]

@@ -13,7 +13,7 @@ from pathlib import Path
 from lens_oracle.errors import ConfigError, LensOracleError
 
 
-def _positions(spec: str):  # noqa: ANN202 - returns a capture position selector
+def _positions(spec: str):
     """Parse ``last``, ``last:K``, ``all``, ``segment:A:B``, ``indices:1,2``, ``substring:TEXT``."""
     from lens_oracle import activations as c
 
@@ -40,8 +40,12 @@ def _positions(spec: str):  # noqa: ANN202 - returns a capture position selector
 def cmd_ask(args: argparse.Namespace) -> int:
     """Capture activations of a prompt from the oracle's base model and ask questions."""
     from lens_oracle.oracle import ActivationOracle
+    from lens_oracle.validate import check_count, check_question
 
     positions = _positions(args.positions)
+    for question in args.question:
+        check_question(question, "--question")
+    check_count(args.max_new_tokens, "--max-new-tokens")
     if args.base_model is None and args.tokenizer is not None:
         raise ConfigError("--tokenizer needs --base-model (the tokenizer of the recorded base model is used otherwise)")
     oracle = ActivationOracle.load(args.oracle, args.base_model, args.tokenizer)

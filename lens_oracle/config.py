@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 from lens_oracle.errors import ArtifactError, ConfigError
 
@@ -30,8 +33,54 @@ def _check_choice(name: str, value: str, kind: Any) -> None:
         raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
 
 
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the type ``hint`` names (bool is not an int; Literal values are
+    left to :func:`_check_choice`, which lists the choices)."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        return isinstance(value, str)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in get_args(hint))
+    if origin is tuple:
+        item = get_args(hint)[0]
+        return isinstance(value, tuple) and all(_fits(v, item) for v in value)
+    if hint is type(None):
+        return value is None
+    if hint in (int, float):
+        return isinstance(value, hint) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _describe(hint: Any) -> str:
+    origin = get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in get_args(hint))
+    if origin is tuple:
+        return f"a tuple of {_describe(get_args(hint)[0])}"
+    if origin is Literal:
+        return "a string"
+    return "None" if hint is type(None) else getattr(hint, "__name__", str(hint))
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
 class _Record:
     """Shared ``to_dict``/``from_dict`` for the frozen config dataclasses below."""
+
+    def _check_types(self) -> None:
+        """Every field holds a value of its annotated type (each ``__post_init__`` calls this
+        first, so range checks below can trust the types)."""
+        for name, hint in _field_types(type(self)).items():
+            value = getattr(self, name)
+            if not _fits(value, hint):
+                raise ConfigError(
+                    f"{type(self).__name__}.{name} must be {_describe(hint)}, got {value!r} "
+                    f"({type(value).__name__})"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
@@ -72,6 +121,7 @@ class AdapterConfig(_Record):
     """Module names to adapt; ``("all-linear",)`` = every linear projection but the LM head."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ConfigError(f"LoRA rank must be a positive integer, got {self.rank!r}")
         if not math.isfinite(self.alpha) or self.alpha <= 0:
@@ -94,6 +144,7 @@ class InjectionConfig(_Record):
     """Coefficient c in ``h + c * ||h|| * v / ||v||``."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         _check_choice("injection mode", self.mode, InjectionMode)
         if not isinstance(self.layer, int) or self.layer < 0:
             raise ConfigError(f"injection layer must be a non-negative integer, got {self.layer!r}")
@@ -111,6 +162,7 @@ class PromptConfig(_Record):
     """Placeholder text; must encode to exactly one token."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         _check_choice("prompt format", self.format, PromptFormat)
         if not self.placeholder:
             raise ConfigError("placeholder text is empty; the AO preset uses ' ?'")
@@ -144,6 +196,7 @@ class ProjectorConfig(_Record):
     """Input normalisation: ``rms`` rescales each vector to unit RMS before the map."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         _check_choice("projector kind", self.kind, ProjectorKind)
         _check_choice("projector norm", self.norm, ProjectorNorm)
         for name in ("source_d_model", "source_n_layers"):
@@ -189,8 +242,11 @@ class OracleConfig(_Record):
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
+        self._check_types()
         _check_choice("activation convention", self.convention, ActivationConvention)
         _check_choice("read site", self.read_site, Site)
+        if self.d_model < 1 or self.n_layers < 1:
+            raise ConfigError(f"d_model and n_layers must be positive, got {self.d_model} and {self.n_layers}")
         if self.injection.layer >= self.n_layers:
             raise ConfigError(
                 f"injection layer {self.injection.layer} does not exist in a model with "
@@ -241,6 +297,7 @@ class TrainConfig(_Record):
     :meth:`lens_oracle.models.LoadedModel.gradient_checkpointing`."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         if not isinstance(self.learning_rate, (int, float)) or not math.isfinite(self.learning_rate) or self.learning_rate <= 0:
             raise ConfigError(f"learning rate must be positive and finite, got {self.learning_rate!r}")
         for name in ("batch_size", "grad_accum_steps", "epochs"):
@@ -251,8 +308,8 @@ class TrainConfig(_Record):
             raise ConfigError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction!r}")
         if not math.isfinite(self.max_grad_norm) or self.max_grad_norm <= 0:
             raise ConfigError(f"max_grad_norm must be positive, got {self.max_grad_norm!r}")
-        for name in ("eval_every", "checkpoint_every"):
-            if getattr(self, name) < 0:
+        for name in ("eval_every", "checkpoint_every", "weight_decay"):
+            if getattr(self, name) < 0 or not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.keep_checkpoints < 1:
             raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")

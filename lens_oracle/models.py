@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import logging
 import os
 import warnings
@@ -59,6 +60,23 @@ class LoadedModel:
         return int(self.bridge.cfg.n_ctx)
 
     @property
+    def d_vocab(self) -> int:
+        """Rows of the input embedding: every valid token id is below this."""
+        return int(self.hf_model.get_input_embeddings().num_embeddings)
+
+    def check_token_ids(self, ids: Sequence[int], what: str) -> None:
+        """Raise :class:`PromptError` unless every id in ``ids`` is a token of this model."""
+        d_vocab = self.d_vocab
+        bad = [t for t in ids if not 0 <= t < d_vocab]
+        if bad:
+            from lens_oracle.errors import PromptError
+
+            raise PromptError(
+                f"{what} holds token ids {bad[:5]} outside {self.name!r}'s vocabulary of {d_vocab} "
+                f"(0..{d_vocab - 1}); tokenize it with this model's tokenizer"
+            )
+
+    @property
     def architecture(self) -> str:
         return model_architecture(self.hf_model)
 
@@ -95,7 +113,7 @@ class LoadedModel:
         """The validated hook name for ``site`` of block ``layer``, e.g. ``blocks.3.hook_resid_post``."""
         if site not in SITES:
             raise HookError(f"unknown hook site {site!r}; choose one of {list(SITES)}")
-        if not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < self.n_layers:
             raise HookError(
                 f"layer {layer!r} is out of range for {self.name!r} with {self.n_layers} blocks; "
                 f"choose 0..{self.n_layers - 1}"
@@ -274,20 +292,56 @@ def attach_adapter(hf_model: Any, adapter: AdapterConfig) -> Any:
 
 
 def load_adapter(hf_model: Any, folder: str | os.PathLike[str], *, trainable: bool = False) -> Any:
-    """Load a saved PEFT adapter into ``hf_model`` (in place); returns the PeftModel."""
+    """Load a saved PEFT adapter into ``hf_model`` (in place); returns the PeftModel.
+
+    Refused with :class:`ArtifactError`: an ``adapter_config.json`` that is not valid JSON, and
+    weights whose keys are not exactly the adapter's (PEFT only warns about missing keys and
+    would leave fresh, untrained LoRA weights in their place).
+    """
     from peft import PeftModel
 
+    from lens_oracle.errors import ArtifactError
+
+    config_path = Path(folder) / "adapter_config.json"
+    try:
+        json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{config_path} is not valid JSON ({exc}); the adapter folder is corrupt") from None
+    except OSError:
+        pass  # PEFT names the missing file below
     try:
         with _quiet_peft():
-            return PeftModel.from_pretrained(hf_model, str(folder), is_trainable=trainable)
+            peft_model = PeftModel.from_pretrained(hf_model, str(folder), is_trainable=trainable)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        from lens_oracle.errors import ArtifactError
-
         detail = "\n".join(str(exc).splitlines()[:3])
         raise ArtifactError(
             f"could not load the adapter in {str(folder)!r} into {type(hf_model).__name__}; it was "
             f"probably trained for another base model: {detail}"
         ) from None
+    _check_adapter_keys(peft_model, Path(folder))
+    return peft_model
+
+
+def _check_adapter_keys(peft_model: Any, folder: Path) -> None:
+    """The saved weights hold exactly the adapter's keys, or :class:`ArtifactError` names them."""
+    from safetensors import safe_open
+
+    from lens_oracle.errors import ArtifactError
+    from lens_oracle.lora import hf_adapter_state_dict
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    with safe_open(str(weights), "pt") as handle:
+        saved = set(handle.keys())
+    expected = set(hf_adapter_state_dict(peft_model))
+    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    if missing or unexpected:
+        raise ArtifactError(
+            f"{weights} does not hold this adapter's weights: {len(missing)} missing "
+            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); it was "
+            "saved for another model or adapter layout, and loading it would leave untrained LoRA weights"
+        )
 
 
 def _bridge_tokenizer(tokenizer: Any, name: str) -> Any:
@@ -430,8 +484,8 @@ def resolve_layers(model: LoadedModel, layers: Sequence[int]) -> list[int]:
     """Validate read layers (negative counts from the end, as in Python)."""
     out = []
     for layer in layers:
-        if not isinstance(layer, int):
-            raise HookError(f"layer must be an integer, got {layer!r}")
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise HookError(f"layer must be an integer block index, got {layer!r}")
         resolved = layer + model.n_layers if layer < 0 else layer
         model.hook_name(resolved)  # raises with the valid range
         out.append(resolved)

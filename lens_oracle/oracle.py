@@ -49,6 +49,7 @@ from lens_oracle.prompt import (
     placeholder_id,
     stop_token_ids,
 )
+from lens_oracle.validate import check_count, check_question, check_sampling, is_int
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ class ActivationOracle:
         if self.projector is not None:
             raise ActivationError(
                 f"this oracle reads {self.projector.config.source_model!r} through its projector, "
-                "not its own model: capture with lens_oracle.activations(source_model, ...)"
+                "not its own model: capture with lens_oracle.capture(source_model, ...)"
             )
         with self.adapter_disabled() as base:
             return capture(base, prompts, layer, site=site, positions=positions, batch_size=batch_size)
@@ -402,11 +403,20 @@ class ActivationOracle:
         A list of ``Activations`` of the same prompts at several layers (``capture_layers``)
         makes multi-layer queries, one tagged group per layer.
         """
+        check_count(max_new_tokens, "max_new_tokens")
+        check_count(batch_size, "batch_size")
+        check_sampling(do_sample, temperature)
+        if not isinstance(inject, bool):
+            raise ConfigError(f"inject must be True or False, got {inject!r}")
         vectors, tags = self._unpack(activations, layers)
         if isinstance(questions, str):
             questions = [questions] * len(vectors)
+        if isinstance(questions, bytes) or not isinstance(questions, Sequence):
+            raise PromptError(f"questions must be a question or a list of them, got {questions!r}")
         if len(questions) != len(vectors):
             raise PromptError(f"got {len(questions)} questions for {len(vectors)} examples")
+        for index, question in enumerate(questions):
+            check_question(question, f"question {index}")
         stops = stop_token_ids(self.model.tokenizer, getattr(self.model.hf_model, "generation_config", None))
         answers: list[str] = []
         was_training = self.model.hf_model.training
@@ -419,7 +429,7 @@ class ActivationOracle:
                 device = self.model.device
                 sampling: dict[str, Any] = {"do_sample": do_sample}
                 if do_sample:
-                    sampling["temperature"] = temperature
+                    sampling["temperature"] = float(temperature)
                 with self.injecting(batch, enabled=inject):
                     out = self.model.hf_model.generate(
                         input_ids=batch.input_ids.to(device),
@@ -461,9 +471,29 @@ class ActivationOracle:
         if records and all(isinstance(a, Activations) for a in records):
             return self._unpack_records(records)
         vectors = list(activations)
-        if layers is None or len(layers) != len(vectors):
+        if not vectors:
+            raise PromptError("no activations given; capture some first")
+        if not isinstance(layers, Sequence) or isinstance(layers, (str, bytes)) or len(layers) != len(vectors):
             raise PromptError("raw vectors need layers=[...], one layer tag per example")
+        for vector in vectors:
+            if not isinstance(vector, torch.Tensor):
+                raise ActivationError(
+                    f"activations must be Activations records or [n_vec, d_model] tensors, got {type(vector).__name__}"
+                )
+        for tag in layers:
+            self._check_layer_tag(tag)
         return vectors, list(layers)
+
+    def _check_layer_tag(self, tag: object) -> None:
+        """A raw vector's layer tag names blocks of the model it was read from."""
+        projector = self.config.projector
+        n_layers = self.config.n_layers if projector is None else projector.source_n_layers
+        blocks = tag if isinstance(tag, tuple) else (tag,)
+        if not blocks or not all(is_int(b) and 0 <= b < n_layers for b in blocks):
+            raise PromptError(
+                f"layer tag {tag!r} is not a block of the model the vectors come from "
+                f"({n_layers} blocks: 0..{n_layers - 1}); give the layer the vectors were read at"
+            )
 
     def _unpack_records(self, records: list[Activations]) -> tuple[list[torch.Tensor], list[LayerTag]]:
         """Per-example vectors (layer by layer) and tags of one or more layers' Activations."""

@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -266,9 +266,23 @@ def training_batches(
     return two_pass_batches(examples, config.batch_size, config.seed, length_fn=lengths)
 
 
+def _example_list(examples: Iterable[OracleExample]) -> list[OracleExample]:
+    """The examples as a list (a generator is read once), each checked to be an OracleExample."""
+    if isinstance(examples, (str, bytes, Mapping)) or not isinstance(examples, Iterable):
+        raise DataError(f"examples must be a list of OracleExample, got {type(examples).__name__}")
+    examples = list(examples)
+    if not examples:
+        raise DataError("no training examples given")
+    for index, ex in enumerate(examples):
+        if not isinstance(ex, OracleExample):
+            hint = "; build it with OracleExample.from_dict(row)" if isinstance(ex, Mapping) else ""
+            raise DataError(f"example {index} is a {type(ex).__name__}, not an OracleExample{hint}")
+    return examples
+
+
 def train_oracle(
     oracle: ActivationOracle,
-    examples: Sequence[OracleExample],
+    examples: Iterable[OracleExample],
     config: TrainConfig | None = None,
     *,
     on_eval: EvalCallback | None = None,
@@ -287,9 +301,12 @@ def train_oracle(
     started by :func:`lens_oracle.distributed.init_distributed`); ``config.batch_size`` is then
     the global batch.
     """
-    config = config or TrainConfig()
-    if not examples:
-        raise DataError("no training examples given")
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
+    examples = _example_list(examples)
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+        raise ConfigError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file; give a folder for checkpoints")
     if source is not None:
         if reader is not None:
             raise ConfigError("give either reader=... or source=..., not both")
@@ -298,12 +315,15 @@ def train_oracle(
         reader = target_reader(source, oracle.config.read_site)
     projector = oracle.config.projector
     n_layers = oracle.config.n_layers if projector is None else projector.source_n_layers
-    for ex in examples:
+    target = source if source is not None else (oracle.model if reader is None else None)
+    for index, ex in enumerate(examples):
         if max(ex.read_layers) >= n_layers:
             raise DataError(
                 f"an example of task {ex.task!r} reads layer {max(ex.read_layers)}, but the "
                 f"model it reads has {n_layers} blocks"
             )
+        if target is not None:
+            target.check_token_ids(ex.context_ids, f"example {index} (task {ex.task!r})")
     from lens_oracle.distributed import DistributedTrainer, current_context
 
     distributed = distributed if distributed is not None else current_context()

@@ -322,7 +322,7 @@ def test_with_projector_shares_the_model_and_capture_points_to_the_source(models
     assert cross.model is plain.model and plain.projector is None
     assert (cross.input_d_model, plain.input_d_model) == (SOURCE_D, ORACLE_D)
     assert cross.config.projector.source_model == "src" and cross.config.adapter == plain.config.adapter
-    with pytest.raises(ActivationError, match="capture with lens_oracle.activations"):
+    with pytest.raises(ActivationError, match="capture with lens_oracle.capture"):
         cross.capture(["w1 red"], 1)
     with pytest.raises(ConfigError, match="has no projector"):
         plain.set_trainable(projector=True)

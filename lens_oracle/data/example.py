@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lens_oracle.errors import DataError
+from lens_oracle.errors import DataError, PromptError
+from lens_oracle.validate import check_question, is_int
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class OracleExample:
     read at each of :attr:`read_layers`, and the oracle prompt gets one tagged group per layer."""
 
     def __post_init__(self) -> None:
+        self._check_types()
         if len(self.context_ids) == 0:
             raise DataError(f"example of task {self.task!r} has an empty context; give at least one token")
         if len(self.positions) == 0:
@@ -57,10 +59,33 @@ class OracleExample:
             raise DataError(f"example of task {self.task!r} has a negative read layer {self.read_layers}")
         if len(set(self.read_layers)) != len(self.read_layers):
             raise DataError(f"example of task {self.task!r} reads a layer twice: {self.read_layers}")
-        if not self.question.strip():
-            raise DataError(f"example of task {self.task!r} has an empty question")
+        negative = [t for t in self.context_ids if t < 0]
+        if negative:
+            raise DataError(f"example of task {self.task!r} has negative token ids {negative[:5]}; ids are >= 0")
+        try:
+            check_question(self.question, f"the question of an example of task {self.task!r}")
+        except PromptError as exc:
+            raise DataError(str(exc)) from None
         if not self.answer.strip():
             raise DataError(f"example of task {self.task!r} has an empty answer; every example needs one")
+
+    def _check_types(self) -> None:
+        """Integers where ids, positions and layers go, text where text goes; lists become tuples."""
+        for name in ("context_ids", "positions", "extra_layers"):
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list)) or not all(
+                is_int(v) for v in value
+            ):
+                raise DataError(f"OracleExample.{name} must be a tuple of integers, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if not is_int(self.layer):
+            raise DataError(f"OracleExample.layer must be an integer block index, got {self.layer!r}")
+        if not isinstance(self.meta, Mapping):
+            raise DataError(f"OracleExample.meta must be a mapping of JSON values, got {self.meta!r}")
+        for name in ("question", "answer", "task", "context_text"):
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise DataError(f"OracleExample.{name} must be text, got {value!r} ({type(value).__name__})")
 
     @property
     def read_layers(self) -> tuple[int, ...]:

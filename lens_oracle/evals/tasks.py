@@ -15,7 +15,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, get_args
 
-from lens_oracle.activations import AllTokens, Indices, LastK, LastToken, Positions, Segment, Substring
+from lens_oracle.activations import (
+    AllTokens,
+    Indices,
+    LastK,
+    LastToken,
+    Positions,
+    Segment,
+    Substring,
+)
 from lens_oracle.config import Site
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.metrics import normalize_answer
