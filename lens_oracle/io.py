@@ -6,7 +6,9 @@ import contextlib
 import fnmatch
 import hashlib
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -14,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lens_oracle.errors import ArtifactError
+
+log = logging.getLogger(__name__)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -67,6 +71,36 @@ def check_replaceable(folder: Path, owned: Sequence[str], what: str) -> None:
         )
 
 
+STAGING_TAIL = r"(?:[a-z0-9_]{8}|old)"
+"""What :func:`atomic_folder` appends to ``.NAME.``: ``mkdtemp``'s 8 random characters (its
+staging folder) or ``old`` (the previous version, swapped out while the new one moves in)."""
+
+
+def remove_stale_staging(parent: Path, name_pattern: str) -> list[Path]:
+    """Clean up after atomic-folder writes that were killed, for targets in ``parent`` whose
+    name matches the regex ``name_pattern``; returns the folders removed.
+
+    A target that a kill left missing between the two renames gets its previous version back
+    from ``.NAME.old``. Then every ``.NAME.XXXXXXXX`` staging folder and ``.NAME.old`` is
+    removed: only names of exactly that shape, only folders, nothing else in ``parent``.
+    """
+    if not parent.is_dir():
+        return []
+    shape = re.compile(rf"\.({name_pattern})\.{STAGING_TAIL}")
+    entries = [e for e in parent.iterdir() if e.is_dir() and not e.is_symlink()]
+    for entry in entries:
+        match = shape.fullmatch(entry.name)
+        if match and entry.name.endswith(".old") and not (parent / match.group(1)).exists():
+            os.replace(entry, parent / match.group(1))
+            log.warning("restored %s from the previous version an interrupted write left", parent / match.group(1))
+    removed = [e for e in entries if e.exists() and shape.fullmatch(e.name)]
+    for entry in removed:
+        shutil.rmtree(entry, ignore_errors=True)
+    if removed:
+        log.info("removed %d temporary folder(s) left by interrupted writes in %s", len(removed), parent)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_folder(folder: Path, *, owned: Sequence[str] = (), what: str = "folder") -> Iterator[Path]:
     """Write a whole folder atomically: fill the yielded staging folder, and on success it
@@ -75,8 +109,10 @@ def atomic_folder(folder: Path, *, owned: Sequence[str] = (), what: str = "folde
     An existing ``folder`` is replaced only if :func:`check_replaceable` allows it (empty, or
     holding only files matching ``owned``); otherwise :class:`ArtifactError` is raised before
     anything is written. The old folder is swapped out and removed only after the new one is
-    complete.
+    complete. What an earlier, killed write of the same folder left is cleaned up first
+    (:func:`remove_stale_staging`).
     """
+    remove_stale_staging(folder.parent, re.escape(folder.name))
     check_replaceable(folder, owned, what)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
@@ -104,3 +140,10 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def cache_root() -> Path:
+    """Where lens_oracle caches what it builds (toy models, converted GGUF models, fetched
+    models): ``$LENS_ORACLE_CACHE`` or ``~/.cache/lens_oracle``."""
+    configured = os.environ.get("LENS_ORACLE_CACHE")
+    return Path(configured) if configured else Path.home() / ".cache" / "lens_oracle"

@@ -26,6 +26,8 @@ from lens_oracle.checkpoint import (
     TrainingState,
     capture_rng,
     latest_valid_checkpoint,
+    list_checkpoints,
+    remove_stale_checkpoint_staging,
     restore_rng,
     save_checkpoint,
 )
@@ -156,11 +158,12 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, linear_schedule(total, cfg.warmup_fraction))
         result = TrainResult()
         if resume and folder is not None:
+            remove_stale_checkpoint_staging(folder)
             state = latest_valid_checkpoint(folder)
             if state is not None:
                 self._restore(state, scheduler)
                 result.losses = list(state.losses)
-                log.info("resumed from step %d in %s", state.step, folder)
+                log.info("resumed after step %d from %s", state.step, folder)
         model = self.oracle.model.hf_model
         model.train()
         checkpointing = contextlib.ExitStack()
@@ -169,7 +172,10 @@ class Trainer:
         try:
             for step in range(result.steps, total):
                 start = (step % per_epoch) * cfg.grad_accum_steps
-                loss = self._step(batches[start : start + cfg.grad_accum_steps], step)
+                try:
+                    loss = self._step(batches[start : start + cfg.grad_accum_steps], step + 1)
+                except TrainingError as exc:
+                    raise TrainingError(f"{exc}{_healthy_checkpoint_hint(folder)}") from None
                 scheduler.step()
                 result.losses.append(loss)
                 bar.update(1)
@@ -198,10 +204,12 @@ class Trainer:
             torch_rng=torch_rng,
             python_rng=python_rng,
             losses=list(result.losses),
+            config=self.config.to_dict(),
         )
         save_checkpoint(folder, state, keep=self.config.keep_checkpoints)
 
     def _restore(self, state: TrainingState, scheduler: Any) -> None:
+        changed = resume_changes(state.config, self.config)
         params = self._named_trainable()
         if sorted(params) != sorted(state.adapter):
             raise ArtifactError(
@@ -213,9 +221,20 @@ class Trainer:
                 param.copy_(state.adapter[name])
         self.optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
+        # The restored optimiser holds the checkpoint's learning rate; this run's (the same, or
+        # a changed one, see resume_changes) takes over, at the schedule's current position.
+        scheduler.base_lrs = [float(self.config.learning_rate)] * len(self.optimizer.param_groups)
+        for group, base, factor in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
+            group["initial_lr"] = base
+            group["lr"] = base * factor(scheduler.last_epoch)
+        for name, (old, new) in changed.items():
+            log.warning("resuming with %s=%r (the checkpoint's run had %r); applied from step %d on",
+                        name, new, old, state.step + 1)
         restore_rng(state.torch_rng, state.python_rng)
 
     def _step(self, group: Sequence[Batch], step: int) -> float:
+        """Optimiser step number ``step`` (counted from 1); its loss. A non-finite loss, or
+        weights that blow up (see :data:`MAX_WEIGHT`), stop training before anything is saved."""
         self.optimizer.zero_grad(set_to_none=True)
         n_examples = sum(len(b) for b in group)
         total = 0.0
@@ -228,6 +247,12 @@ class Trainer:
             total += float(weighted.detach())
         torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
         self.optimizer.step()
+        largest = float(torch.stack([p.detach().abs().amax() for p in self.params]).max())
+        if not largest <= MAX_WEIGHT:
+            raise TrainingError(
+                f"the trained weights blew up at step {step} (largest |w| = {largest:.3g} > {MAX_WEIGHT:g}); "
+                "lower the learning rate"
+            )
         return total
 
     def _evaluate(self, step: int, result: TrainResult) -> None:
@@ -241,6 +266,45 @@ class Trainer:
         if metrics:
             result.evals.append((step, dict(metrics)))
             log.info("step %d eval %s", step, metrics)
+
+
+MAX_WEIGHT = 1e4
+"""Largest magnitude a trained weight may reach. Adapter and projector weights live near 1; one
+past this is a diverging run (a finite loss can hide it for a step or two), so training stops
+before such weights reach a checkpoint."""
+
+RESUME_MAY_CHANGE = ("learning_rate", "epochs", "max_grad_norm")
+"""TrainConfig fields a resumed run may change: applied from the next step on, with a warning
+(``epochs`` changes the schedule's length, so the learning rate continues on the new schedule)."""
+RESUME_FREE = ("progress", "eval_every", "checkpoint_every", "keep_checkpoints", "gradient_checkpointing")
+"""Fields that do not change what is computed: a resumed run takes its own, silently."""
+
+
+def resume_changes(saved: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """Compare a checkpoint's run config with the resuming one: the changes to apply (field ->
+    (old, new)), or :class:`ConfigError` for a change that would make the run another run."""
+    if not saved:
+        return {}
+    now = config.to_dict()
+    changed = {name: (saved.get(name), now[name]) for name in now if saved.get(name, now[name]) != now[name]}
+    refused = sorted(set(changed) - set(RESUME_MAY_CHANGE) - set(RESUME_FREE))
+    if refused:
+        detail = ", ".join(f"{name}={changed[name][0]!r} (now {changed[name][1]!r})" for name in refused)
+        raise ConfigError(
+            f"the checkpoint's run had {detail}; resume with the same settings, or start a new run "
+            f"in another checkpoint_dir (a resumed run may change only {', '.join(RESUME_MAY_CHANGE)})"
+        )
+    return {name: change for name, change in changed.items() if name in RESUME_MAY_CHANGE}
+
+
+def _healthy_checkpoint_hint(folder: Path | None) -> str:
+    """Where to resume from after a failed step: the newest checkpoint (written only after steps
+    whose loss and weights were sound)."""
+    newest = list_checkpoints(folder) if folder is not None else []
+    if not newest:
+        return ""
+    return (f"; the newest checkpoint, {newest[0]}, is healthy: resume from it with a lower "
+            "learning rate (resume=True; the new rate is applied with a warning)")
 
 
 def linear_schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:

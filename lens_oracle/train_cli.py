@@ -75,7 +75,7 @@ def add_train_arguments(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     train.add_argument("--cache", type=Path, default=None, help="read vectors from this activation cache")
     train.add_argument("--checkpoint-dir", type=Path, default=None, help="write checkpoints here")
-    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint (into its own --out; no --overwrite needed)")
     train.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="model weights dtype")
     train.add_argument("--target-modules", default=None, help="comma-separated LoRA targets (default all-linear)")
     train.add_argument("--backend", choices=("auto", "gloo", "nccl"), default="auto", help="under torchrun")
@@ -110,11 +110,12 @@ def add_train_arguments(sub: argparse._SubParsersAction) -> None:
 def _check_paths(args: argparse.Namespace) -> None:
     if not args.data.is_file():
         raise DataError(f"example file {str(args.data)!r} does not exist; write one with lens-oracle data build")
-    if args.out.exists() and not args.overwrite:
+    if args.out.exists() and not (args.overwrite or args.resume):
         raise ConfigError(f"{args.out} already exists; choose another --out or pass --overwrite")
     from lens_oracle.oracle import check_oracle_destination
 
-    check_oracle_destination(args.out, overwrite=True)  # --overwrite replaces only an oracle folder
+    # --overwrite, and --resume continuing a run into its own --out, replace only an oracle folder.
+    check_oracle_destination(args.out, overwrite=True)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -160,7 +161,7 @@ def run_train(args: argparse.Namespace) -> int:
             reader=reader, distributed=context,
         )
         if context.is_main:
-            oracle.save(args.out, overwrite=args.overwrite)
+            oracle.save(args.out, overwrite=args.overwrite or args.resume)
             summary = {"out": str(args.out), "steps": result.steps, "final_loss": result.losses[-1],
                        "processes": context.world_size, "examples": len(examples)}
             print(json.dumps(summary))
