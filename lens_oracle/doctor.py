@@ -4,6 +4,7 @@ It prints the versions of the stack, the device, the default dtype and the threa
 runs a self-check on a tiny random Llama (a few seconds, offline). Each check compares a path
 that depends on upstream internals with a reference that does not:
 
+* ``load``: the model loads and bridges (tiny random Llama, or ``--model``);
 * ``bridge_logits``: the bridged model's logits equal the same weights run by plain HF;
 * ``lora_runs``: every LoRA module of a fresh adapter runs (and gets gradients) under the bridge;
 * ``cached_generation``: KV-cached answers with injection equal greedy decoding by full forward
@@ -88,17 +89,27 @@ def greedy_without_cache(oracle: Any, batch: Any, n_new: int) -> list[str]:
 
 
 class _Bench:
-    """The tiny model, tokenizer and oracle the checks share (built lazily, once)."""
+    """The model, tokenizer and oracle the checks share (built lazily, once): a tiny random
+    Llama, or the user's model (a local folder, a cached name or a GGUF file)."""
 
-    def __init__(self, folder: Path) -> None:
-        from lens_oracle.toy.language import make_world
-        from lens_oracle.toy.tiny import random_tiny_llama
-        from lens_oracle.toy.tokenizer import build_tokenizer
-
+    def __init__(self, folder: Path, model: str | None = None) -> None:
         self.folder = folder
-        self.tokenizer = build_tokenizer(make_world(), folder / "tokenizer", padding_side="left")
-        self.fresh_model: Callable[[], Any] = lambda: random_tiny_llama(self.tokenizer, n_layers=3, seed=0)
         self._oracle: Any = None
+        self.fresh_model: Callable[[], Any]
+        if model is None:
+            from lens_oracle.toy.language import make_world
+            from lens_oracle.toy.tiny import random_tiny_llama
+            from lens_oracle.toy.tokenizer import build_tokenizer
+
+            self.name = "doctor/tiny-llama"
+            self.tokenizer = build_tokenizer(make_world(), folder / "tokenizer", padding_side="left")
+            self.fresh_model = lambda: random_tiny_llama(self.tokenizer, n_layers=3, seed=0)
+        else:
+            from lens_oracle.models import ensure_pad_token, load_hf_model, load_tokenizer
+
+            self.name = model
+            self.tokenizer = ensure_pad_token(load_tokenizer(model))
+            self.fresh_model = lambda: load_hf_model(model).eval()
 
     @property
     def oracle(self) -> Any:
@@ -108,13 +119,13 @@ class _Bench:
 
             oracle = ActivationOracle.create(
                 self.fresh_model(), self.tokenizer, adapter=AdapterConfig(rank=4, alpha=8, dropout=0.0),
-                name="doctor/tiny-llama",
+                name=self.name,
             )
             generator = torch.Generator().manual_seed(0)
             with torch.no_grad():  # random B matrices: the adapter changes the output from the start
                 for name, param in oracle.model.hf_model.named_parameters():
                     if "lora_B" in name:
-                        param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+                        param.copy_(torch.randn(param.shape, generator=generator) * 0.5 / param.shape[1] ** 0.5)
             self._oracle = oracle
         return self._oracle
 
@@ -126,13 +137,18 @@ def _check_bridge_logits(bench: _Bench) -> str:
     from lens_oracle.models import load_model
 
     plain = bench.fresh_model()
-    bridged = load_model(copy.deepcopy(plain), bench.tokenizer, trainable=False, name="doctor/tiny-llama")
+    bridged = load_model(copy.deepcopy(plain), bench.tokenizer, trainable=False, name=bench.name)
     ids = bench.ids()
     with torch.no_grad():
         diff = (bridged.logits(ids) - plain(ids).logits).abs().max().item()
     if not diff <= ATOL:
         raise AssertionError(f"bridge logits differ from plain HF by {diff:.2e} (allowed {ATOL:.0e})")
     return f"max |bridge - HF| = {diff:.1e}"
+
+
+def _check_load(bench: _Bench) -> str:
+    model = bench.oracle.model
+    return f"{model.architecture}, {model.n_layers} blocks, d_model {model.d_model} ({bench.name})"
 
 
 def _check_lora_runs(bench: _Bench) -> str:
@@ -177,6 +193,7 @@ def _check_save_load(bench: _Bench) -> str:
 
 
 CHECKS: dict[str, Callable[[_Bench], str]] = {
+    "load": _check_load,
     "bridge_logits": _check_bridge_logits,
     "lora_runs": _check_lora_runs,
     "cached_generation": _check_cached_generation,
@@ -184,17 +201,22 @@ CHECKS: dict[str, Callable[[_Bench], str]] = {
 }
 
 
-def iter_checks() -> Iterator[CheckResult]:
-    """Run every self-check in a temporary folder, yielding each result as it is known."""
+def iter_checks(model: str | None = None) -> Iterator[CheckResult]:
+    """Run every self-check in a temporary folder, yielding each result as it is known; on a
+    tiny random Llama, or on ``model`` (a folder, cached name or GGUF file)."""
     with tempfile.TemporaryDirectory(prefix="lens_oracle_doctor_") as tmp:
-        bench = _Bench(Path(tmp))
+        try:
+            bench = _Bench(Path(tmp), model)
+        except Exception as exc:
+            yield CheckResult("load", False, f"{type(exc).__name__}: {exc}")
+            return
         for name, check in CHECKS.items():
             try:
                 yield CheckResult(name, True, check(bench))
-            except Exception as exc:  # noqa: BLE001 - a check reports any failure, it never crashes the doctor
+            except Exception as exc:
                 yield CheckResult(name, False, f"{type(exc).__name__}: {exc}")
 
 
-def run_checks() -> list[CheckResult]:
+def run_checks(model: str | None = None) -> list[CheckResult]:
     """Every self-check's result (see the module docstring)."""
-    return list(iter_checks())
+    return list(iter_checks(model))

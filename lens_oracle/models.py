@@ -206,10 +206,22 @@ def clean_key(key: str) -> str:
     return key.replace("._original_component", "")
 
 
+def local_source(source: ModelSource) -> ModelSource:
+    """``source`` as transformers can load it: a GGUF file (or a folder holding one) becomes its
+    converted float folder (converted once, cached: :mod:`lens_oracle.gguf`); anything else as is."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    from lens_oracle.gguf import converted_folder, gguf_file
+
+    found = gguf_file(source)
+    return converted_folder(found) if found is not None else source
+
+
 def load_tokenizer(source: str | os.PathLike[str]) -> Any:
-    """Load a tokenizer from a local folder or the HF cache without touching the network."""
+    """Load a tokenizer from a local folder, a GGUF file or the HF cache without touching the network."""
     from transformers import AutoTokenizer
 
+    source = local_source(source)
     try:
         return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
     except (OSError, ValueError) as exc:
@@ -220,7 +232,7 @@ def load_tokenizer(source: str | os.PathLike[str]) -> Any:
 
 
 def load_hf_model(source: ModelSource, *, dtype: torch.dtype | None = None) -> Any:
-    """A causal LM from an in-memory model, a local folder, or the HF cache (offline).
+    """A causal LM from an in-memory model, a local folder, a GGUF file, or the HF cache (offline).
 
     ``dtype``: the weights' dtype; ``None`` keeps an in-memory model as it is and loads a folder
     in float32. An in-memory model is cast in place.
@@ -237,6 +249,7 @@ def load_hf_model(source: ModelSource, *, dtype: torch.dtype | None = None) -> A
     path = Path(source)
     if str(source).startswith((".", "/", "~")) and not path.exists():
         raise ModelLoadError(f"model folder {str(source)!r} does not exist")
+    source = local_source(source)
     try:
         return AutoModelForCausalLM.from_pretrained(
             str(source), dtype=dtype or torch.float32, local_files_only=True

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -38,6 +37,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lens_oracle.errors import ConfigError, ModelLoadError
 from lens_oracle.io import atomic_folder
+from lens_oracle.io import cache_root as io_cache_root
 from lens_oracle.toy.language import END_TOKEN, NUMBER_WORDS, ROLES, ToyWorld
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -179,8 +179,7 @@ def default_folder(tokens: Sequence[str]) -> Path:
 
 def cache_root() -> Path:
     """Where toy-world artifacts are cached: ``$LENS_ORACLE_CACHE`` or ``~/.cache/lens_oracle``."""
-    configured = os.environ.get("LENS_ORACLE_CACHE")
-    return Path(configured) if configured else Path.home() / ".cache" / "lens_oracle"
+    return io_cache_root()
 
 
 def build_tokenizer(
