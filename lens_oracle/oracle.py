@@ -457,7 +457,13 @@ class ActivationOracle:
             if "layers" not in kwargs:
                 raise PromptError("asking with a raw tensor needs layers=[L] for the prompt's layer tag")
             return self.ask_batch([activations], [question], **kwargs)[0]
+        if not isinstance(activations, (Activations, Sequence)) or isinstance(activations, (str, bytes)):
+            raise ActivationError(
+                f"ask() takes Activations (or one per layer, or a [n_vec, d_model] tensor), got {type(activations).__name__}"
+            )
         records = [activations] if isinstance(activations, Activations) else list(activations)
+        if not records or not all(isinstance(a, Activations) for a in records):
+            raise ActivationError("ask() takes Activations records (one per layer) or one [n_vec, d_model] tensor")
         if any(len(a) != 1 for a in records):
             raise PromptError(f"ask() takes one example, got {len(records[0])}; use ask_batch()")
         return self.ask_batch(records, [question], **kwargs)[0]

@@ -174,6 +174,8 @@ CASES: list[Case] = [
     ("blank question", lambda o, s, t: o.ask(o.capture(["w1 red"], 1), ""), PromptError, "blank"),
     ("question None", lambda o, s, t: o.ask(o.capture(["w1 red"], 1), None), PromptError, "must be text"),
     ("question 5", lambda o, s, t: o.ask(o.capture(["w1 red"], 1), 5), PromptError, "must be text"),
+    ("ask about a number", lambda o, s, t: o.ask(5, "q ?"), lo.LensOracleError, "takes Activations"),
+    ("ask about a list of numbers", lambda o, s, t: o.ask([5], "q ?"), lo.LensOracleError, "takes Activations"),
     # OracleExample types
     ("example layer 1.5", lambda o, s, t: example(layer=1.5), DataError, "layer"),
     ("example context_ids a string", lambda o, s, t: example(context_ids="w1 red"), DataError, "context_ids"),
