@@ -14,6 +14,7 @@ KEYS: tuple[str, ...] = (
     "padding_efficiency",
     "batched_generation_speedup",
     "generation_over_hf",
+    "generation_over_peft_hook",
     "same_model_memory_ratio",
     "cache_read_over_recompute",
 )

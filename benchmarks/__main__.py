@@ -1,6 +1,7 @@
 """Run the benchmark suite and write its figures to a JSON file.
 
     python -m benchmarks --out results.json [--quick | --tiny] [--device cpu|cuda] [--threads N]
+    python -m benchmarks --out smollm2.json --model smollm2 --only capture,train_step,generation,memory
 
 Figures (top-level keys, plain floats; each a ratio of two things timed side by side):
 
@@ -12,7 +13,9 @@ Figures (top-level keys, plain floats; each a ratio of two things timed side by 
 * ``padding_efficiency`` -- real / processed tokens of both passes over an epoch of an AO-like
   mixture with the trainer's batching (goal >= 0.90).
 * ``batched_generation_speedup`` -- answers one at a time vs batched (goal >= 5 at batch 16);
-  ``generation_over_hf`` -- batched injected generation vs plain HF ``generate`` (goal <= 1.15).
+  ``generation_over_hf`` -- batched injected generation vs plain HF ``generate`` (goal <= 1.15);
+  ``generation_over_peft_hook`` -- vs an unbridged PEFT copy with an injecting forward hook, the
+  way one writes it without lens_oracle (goal <= 1.05).
 * ``same_model_memory_ratio`` -- peak memory of a same-model step vs one with a separate
   target copy (goal <= 0.6).
 * ``cache_read_over_recompute`` -- vectors read from the activation cache vs recomputed.
@@ -44,6 +47,7 @@ GOALS = {
     "padding_efficiency": ("padding", "goal_met"),
     "batched_generation_speedup": ("generation", "speedup_goal_met"),
     "generation_over_hf": ("generation", "over_hf_goal_met"),
+    "generation_over_peft_hook": ("generation", "over_peft_hook_goal_met"),
     "same_model_memory_ratio": ("memory", "goal_met"),
 }
 """Which detail flag says whether each figure with a goal met it."""
@@ -74,7 +78,7 @@ def _figures(name: str, value: Any) -> dict[str, float]:
     return {key: float(value)}
 
 
-def run_suite(mode: str, device: str, only: Sequence[str] = BENCHMARKS) -> dict[str, Any]:
+def run_suite(mode: str, device: str, only: Sequence[str] = BENCHMARKS, model_folder: Path | None = None) -> dict[str, Any]:
     """Run the chosen benchmarks; the result dict as written to the JSON file."""
     import torch
 
@@ -82,7 +86,7 @@ def run_suite(mode: str, device: str, only: Sequence[str] = BENCHMARKS) -> dict[
     figures: dict[str, float] = {}
     details: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="lens_oracle_bench_") as tmp:
-        bench = make_workbench(SIZES[mode], device, Path(tmp))
+        bench = make_workbench(SIZES[mode], device, Path(tmp), model_folder)
         progress(f"mode {mode}, device {device}, torch threads {torch.get_num_threads()}, vocab {len(bench.tokenizer)}")
         for name in only:
             start = time.perf_counter()
@@ -128,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     size.add_argument("--tiny", action="store_true", help="smoke run for tests (seconds; figures meaningless)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--model", choices=("smollm2",), default=None,
+                        help="benchmark a fetched real model (make real-model) instead of random Llamas")
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     args = parser.parse_args(argv)
@@ -145,7 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--device cuda, but torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     mode = "tiny" if args.tiny else "quick" if args.quick else "full"
-    result = run_suite(mode, args.device, only)
+    model_folder = None
+    if args.model is not None:
+        from lens_oracle.fetch import fetched_model
+
+        model_folder = fetched_model(args.model)
+        if model_folder is None:
+            parser.error(f"{args.model} has not been fetched; run `make real-model` first")
+        if args.tiny or args.quick:
+            parser.error("--model runs at the model's own size; drop --quick/--tiny")
+        mode = args.model
+    result = run_suite(mode, args.device, only, model_folder)
 
     from lens_oracle.io import atomic_write_json
 

