@@ -13,6 +13,7 @@ no adapter, no training, the same injection site logic.
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,19 +59,22 @@ DOC_MODULES = (
 
 def english_words() -> set[str]:
     """Lower-case words that occur at least twice in the docstrings of :data:`DOC_MODULES`
-    (real English, shipped with every Python; no download)."""
+    (real English, shipped with every Python; no download). Docstrings change a little between
+    Python versions, so the list can too (the README's measurement: Python 3.11)."""
     import importlib
     import inspect
     import re
     from collections import Counter
 
     counts: Counter[str] = Counter()
-    for name in DOC_MODULES:
-        module = importlib.import_module(name)
-        docs = [inspect.getdoc(module) or ""]
-        docs += [inspect.getdoc(obj) or "" for _, obj in inspect.getmembers(module)
-                 if inspect.isfunction(obj) or inspect.isclass(obj)]
-        counts.update(re.findall(r"(?<![\w.])[a-z]+(?![\w.])", " ".join(docs)))
+    with warnings.catch_warnings():  # reading members touches deprecated aliases (typing.io, typing.re)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for name in DOC_MODULES:
+            module = importlib.import_module(name)
+            docs = [inspect.getdoc(module) or ""]
+            docs += [inspect.getdoc(obj) or "" for _, obj in inspect.getmembers(module)
+                     if inspect.isfunction(obj) or inspect.isclass(obj)]
+            counts.update(re.findall(r"(?<![\w.])[a-z]+(?![\w.])", " ".join(docs)))
     return {word for word, count in counts.items() if count >= 2}
 
 
