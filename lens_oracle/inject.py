@@ -7,6 +7,7 @@ it acts on the prompt (prefill) pass and leaves cached decoding steps alone.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,19 @@ from lens_oracle.typing import (
     Vectors,
 )
 
+
+@dataclass(frozen=True)
+class OracleBatch:
+    """Tokenized oracle inputs with the vectors to inject at their placeholders."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+    placeholders: torch.Tensor
+    vectors: torch.Tensor
+    counts: torch.Tensor
+    vector_layers: torch.Tensor | None = None
+    """``[batch, n_vec]`` source layer of each vector (``-1`` on padding), for the projector."""
 
 def placeholder_mask(
     input_ids: TokenIds,

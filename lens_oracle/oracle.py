@@ -13,7 +13,6 @@ import dataclasses
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from lens_oracle.activations import Activations, LastToken, Positions, Prompt, capture
+from lens_oracle.asking import Asking
 from lens_oracle.config import (
     AdapterConfig,
     InjectionConfig,
@@ -30,7 +30,13 @@ from lens_oracle.config import (
     Site,
 )
 from lens_oracle.errors import ActivationError, ArtifactError, ConfigError, PromptError
-from lens_oracle.inject import check_vectors, make_injection_hook, placeholder_mask, stack_vectors
+from lens_oracle.inject import (
+    OracleBatch,
+    check_vectors,
+    make_injection_hook,
+    placeholder_mask,
+    stack_vectors,
+)
 from lens_oracle.io import atomic_folder, atomic_write_json, check_replaceable
 from lens_oracle.models import (
     LoadedModel,
@@ -47,9 +53,7 @@ from lens_oracle.prompt import (
     encode_oracle_prompt,
     layer_groups,
     placeholder_id,
-    stop_token_ids,
 )
-from lens_oracle.validate import check_count, check_question, check_sampling, is_int
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +68,7 @@ replaces a folder only when it holds nothing else. ``*.stamp.json``: provenance 
 UNSAFE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 
-@dataclass(frozen=True)
-class OracleBatch:
-    """Tokenized oracle inputs with the vectors to inject at their placeholders."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor | None
-    placeholders: torch.Tensor
-    vectors: torch.Tensor
-    counts: torch.Tensor
-    vector_layers: torch.Tensor | None = None
-    """``[batch, n_vec]`` source layer of each vector (``-1`` on padding), for the projector."""
-
-
-class ActivationOracle:
+class ActivationOracle(Asking):
     """An oracle that answers questions about injected activation vectors."""
 
     def __init__(
@@ -380,148 +370,6 @@ class ActivationOracle:
         # their gradient), which costs ~2% of a step at a 49k vocabulary. Same pairs, same mean.
         labels = F.pad(batch.labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(logits.device)
         return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
-
-    # ------------------------------------------------------------ asking
-
-    @torch.no_grad()
-    def ask_batch(
-        self,
-        activations: Activations | Sequence[Activations] | Sequence[torch.Tensor],
-        questions: Sequence[str] | str,
-        *,
-        layers: Sequence[LayerTag] | None = None,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        batch_size: int = 16,
-        inject: bool = True,
-    ) -> list[str]:
-        """Answers for each example of ``activations`` (greedy by default, KV-cached).
-
-        ``questions`` is one question for all examples or one per example. With raw tensors,
-        give ``layers`` for the prompt's layer tags. ``inject=False`` asks without any vector.
-        A list of ``Activations`` of the same prompts at several layers (``capture_layers``)
-        makes multi-layer queries, one tagged group per layer.
-        """
-        check_count(max_new_tokens, "max_new_tokens")
-        check_count(batch_size, "batch_size")
-        check_sampling(do_sample, temperature)
-        if not isinstance(inject, bool):
-            raise ConfigError(f"inject must be True or False, got {inject!r}")
-        vectors, tags = self._unpack(activations, layers)
-        if isinstance(questions, str):
-            questions = [questions] * len(vectors)
-        if isinstance(questions, bytes) or not isinstance(questions, Sequence):
-            raise PromptError(f"questions must be a question or a list of them, got {questions!r}")
-        if len(questions) != len(vectors):
-            raise PromptError(f"got {len(questions)} questions for {len(vectors)} examples")
-        for index, question in enumerate(questions):
-            check_question(question, f"question {index}")
-        stops = stop_token_ids(self.model.tokenizer, getattr(self.model.hf_model, "generation_config", None))
-        answers: list[str] = []
-        was_training = self.model.hf_model.training
-        if was_training:  # eval() walks every module (~3 ms on a tiny model): only when needed
-            self.model.hf_model.eval()
-        try:
-            for start in range(0, len(vectors), batch_size):
-                chunk = slice(start, start + batch_size)
-                batch = self.encode(vectors[chunk], tags[chunk], questions[chunk], padding_side="left")
-                device = self.model.device
-                sampling: dict[str, Any] = {"do_sample": do_sample}
-                if do_sample:
-                    sampling["temperature"] = float(temperature)
-                with self.injecting(batch, enabled=inject):
-                    out = self.model.hf_model.generate(
-                        input_ids=batch.input_ids.to(device),
-                        attention_mask=batch.attention_mask.to(device),
-                        max_new_tokens=max_new_tokens,
-                        pad_token_id=self.model.tokenizer.pad_token_id,
-                        eos_token_id=stops or None,
-                        **sampling,
-                    )
-                new = out[:, batch.input_ids.shape[1] :]
-                answers.extend(
-                    self.model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in new
-                )
-        finally:
-            if was_training:
-                self.model.hf_model.train()
-        return answers
-
-    def ask(
-        self, activations: Activations | Sequence[Activations] | torch.Tensor, question: str, **kwargs: Any
-    ) -> str:
-        """The answer for a single example (``Activations`` of one prompt, one per layer for a
-        multi-layer query, or ``[n_vec, d_model]``)."""
-        if isinstance(activations, torch.Tensor):
-            if "layers" not in kwargs:
-                raise PromptError("asking with a raw tensor needs layers=[L] for the prompt's layer tag")
-            return self.ask_batch([activations], [question], **kwargs)[0]
-        if not isinstance(activations, (Activations, Sequence)) or isinstance(activations, (str, bytes)):
-            raise ActivationError(
-                f"ask() takes Activations (or one per layer, or a [n_vec, d_model] tensor), got {type(activations).__name__}"
-            )
-        records = [activations] if isinstance(activations, Activations) else list(activations)
-        if not records or not all(isinstance(a, Activations) for a in records):
-            raise ActivationError("ask() takes Activations records (one per layer) or one [n_vec, d_model] tensor")
-        if any(len(a) != 1 for a in records):
-            raise PromptError(f"ask() takes one example, got {len(records[0])}; use ask_batch()")
-        return self.ask_batch(records, [question], **kwargs)[0]
-
-    def _unpack(
-        self,
-        activations: Activations | Sequence[Activations] | Sequence[torch.Tensor],
-        layers: Sequence[LayerTag] | None,
-    ) -> tuple[list[torch.Tensor], list[LayerTag]]:
-        records = [activations] if isinstance(activations, Activations) else list(activations)
-        if records and all(isinstance(a, Activations) for a in records):
-            return self._unpack_records(records)
-        vectors = list(activations)
-        if not vectors:
-            raise PromptError("no activations given; capture some first")
-        if not isinstance(layers, Sequence) or isinstance(layers, (str, bytes)) or len(layers) != len(vectors):
-            raise PromptError("raw vectors need layers=[...], one layer tag per example")
-        for vector in vectors:
-            if not isinstance(vector, torch.Tensor):
-                raise ActivationError(
-                    f"activations must be Activations records or [n_vec, d_model] tensors, got {type(vector).__name__}"
-                )
-        for tag in layers:
-            self._check_layer_tag(tag)
-        return vectors, list(layers)
-
-    def _check_layer_tag(self, tag: object) -> None:
-        """A raw vector's layer tag names blocks of the model it was read from."""
-        projector = self.config.projector
-        n_layers = self.config.n_layers if projector is None else projector.source_n_layers
-        blocks = tag if isinstance(tag, tuple) else (tag,)
-        if not blocks or not all(is_int(b) and 0 <= b < n_layers for b in blocks):
-            raise PromptError(
-                f"layer tag {tag!r} is not a block of the model the vectors come from "
-                f"({n_layers} blocks: 0..{n_layers - 1}); give the layer the vectors were read at"
-            )
-
-    def _unpack_records(self, records: list[Activations]) -> tuple[list[torch.Tensor], list[LayerTag]]:
-        """Per-example vectors (layer by layer) and tags of one or more layers' Activations."""
-        first = records[0]
-        for acts in records:
-            if acts.convention != self.config.convention:
-                raise ActivationError(
-                    f"activations use the {acts.convention!r} convention, the oracle was "
-                    f"trained on {self.config.convention!r}; capture through TransformerBridge "
-                    "without weight processing"
-                )
-            if len(acts) != len(first) or acts.positions != first.positions:
-                raise ActivationError(
-                    "multi-layer activations must hold the same prompts and positions at every "
-                    "layer; capture them together with capture_layers"
-                )
-        if self.projector is not None and first.source != self.projector.config.source_model:
-            log.info("projector of %r reads activations of %r", self.projector.config.source_model, first.source)
-        vectors = [torch.cat([a.example(i) for a in records]) for i in range(len(first))]
-        tag: LayerTag = first.layer if len(records) == 1 else tuple(a.layer for a in records)
-        return vectors, [tag] * len(vectors)
-
 
 def check_oracle_destination(folder: Path, *, overwrite: bool) -> None:
     """Raise :class:`ArtifactError` unless an oracle may be saved to ``folder`` (see
