@@ -37,6 +37,7 @@ _EXPORTS = {
     "Substring": "lens_oracle.activations",
     "TrainConfig": "lens_oracle.config",
     "capture": "lens_oracle.activations",
+    "capture_diff": "lens_oracle.activations",
     "capture_layers": "lens_oracle.activations",
     "load_model": "lens_oracle.models",
     "train_oracle": "lens_oracle.train",
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
         Segment,
         Substring,
         capture,
+        capture_diff,
         capture_layers,
     )
     from lens_oracle.config import (

@@ -20,6 +20,8 @@ from lens_oracle.models import LoadedModel, resolve_layers
 from lens_oracle.typing import VectorCounts, Vectors
 from lens_oracle.validate import is_int
 
+InputType = Literal["orig", "diff"]
+"""What activation vectors are (the Activation Oracles authors' input types ``orig`` and ``diff``)."""
 Prompt = str | Sequence[int]
 """A prompt: text (tokenized with special tokens) or token ids used as they are."""
 
@@ -216,6 +218,9 @@ class Activations:
     """Name of the model the activations came from."""
     convention: ActivationConvention = "hf"
     """Residual-stream convention: raw HF weights, or HookedTransformer's processed weights."""
+    input_type: InputType = "orig"
+    """``orig``: one model's activations; ``diff``: a fine-tuned model's minus its base model's
+    at the same positions (model diffing, :func:`capture_diff`)."""
 
     def __post_init__(self) -> None:
         if self.vectors.shape[0] != self.counts.shape[0] or len(self.positions) != self.counts.shape[0]:
@@ -438,3 +443,38 @@ def capture(
         batch_size=batch_size, padding_side=padding_side,
     )
     return next(iter(result.values()))
+
+
+def capture_diff(
+    target: LoadedModel,
+    base: LoadedModel,
+    prompts: Sequence[Prompt] | str,
+    layer: int,
+    *,
+    site: Site = "resid_post",
+    positions: Positions = LastToken(),
+    batch_size: int = 16,
+) -> Activations:
+    """Model diffing: ``target``'s activations minus ``base``'s on the same prompts, layer, site
+    and positions (``input_type="diff"``), as the Activation Oracles authors read emergent
+    misalignment. Refused where a difference means nothing: models of different widths or
+    depths, or tokenizers that split a prompt differently."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    _check_prompts(prompts)
+    if (target.d_model, target.n_layers) != (base.d_model, base.n_layers):
+        raise ActivationError(
+            f"cannot subtract activations of {base.name!r} (d_model {base.d_model}, {base.n_layers} blocks) "
+            f"from {target.name!r} (d_model {target.d_model}, {target.n_layers} blocks); diff a fine-tune "
+            "with its own base model"
+        )
+    for i, prompt in enumerate(prompts):
+        if tokenize_prompt(target.tokenizer, prompt).ids != tokenize_prompt(base.tokenizer, prompt).ids:
+            raise PromptError(
+                f"the two models' tokenizers split prompt {i} differently; a difference needs the same "
+                "tokens at the same positions (diff a fine-tune with its own base model)"
+            )
+    read = {"site": site, "positions": positions, "batch_size": batch_size}
+    tuned, original = capture(target, prompts, layer, **read), capture(base, prompts, layer, **read)
+    return replace(tuned, vectors=tuned.vectors - original.vectors, source=f"{target.name} - {base.name}",
+                   input_type="diff")

@@ -235,6 +235,8 @@ class Asking:
                     f"trained on {self.config.convention!r}; capture through TransformerBridge "
                     "without weight processing"
                 )
+            if acts.input_type != first.input_type:
+                raise ActivationError("multi-layer activations mix original and difference vectors; give one kind")
             if len(acts) != len(first) or acts.positions != first.positions:
                 raise ActivationError(
                     "multi-layer activations must hold the same prompts and positions at every "
