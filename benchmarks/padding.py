@@ -4,7 +4,7 @@ The mixture follows the Activation Oracles proportions (context prediction 60%, 
 34%, system-prompt QA 6%), built with lens_oracle's own builders from synthetic documents whose
 lengths spread like web text (log-uniform), so the length distribution is realistic even though
 the words are random. Batches come from :func:`lens_oracle.train.training_batches`, exactly as
-:func:`lens_oracle.train.train_oracle` makes them; ``details`` also has plain random batches and
+:func:`lens_oracle.runner.train_oracle` makes them; ``details`` also has plain random batches and
 single-length grouping (:func:`lens_oracle.data.mixture.length_grouped_batches`) for comparison.
 
 Both passes of a training step are counted, each padded to its own batch maximum (that is what

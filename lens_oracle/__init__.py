@@ -40,7 +40,7 @@ _EXPORTS = {
     "capture_diff": "lens_oracle.activations",
     "capture_layers": "lens_oracle.activations",
     "load_model": "lens_oracle.models",
-    "train_oracle": "lens_oracle.train",
+    "train_oracle": "lens_oracle.runner",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
@@ -82,4 +82,4 @@ if TYPE_CHECKING:
     from lens_oracle.errors import LensOracleError
     from lens_oracle.models import load_model
     from lens_oracle.oracle import ActivationOracle
-    from lens_oracle.train import train_oracle
+    from lens_oracle.runner import train_oracle

@@ -397,6 +397,7 @@ class DistributedTrainer(Trainer):
             raise TrainingError(f"the loss became {total} at step {step}; lower the learning rate")
         torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
         self.optimizer.step()
+        self._check_weights(step)  # every rank holds the same weights: all stop together
         return total
 
     def _backward(self, share: Batch, weight: float) -> float:

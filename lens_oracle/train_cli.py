@@ -134,7 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
     from lens_oracle.data.example import read_jsonl
     from lens_oracle.distributed import init_distributed
     from lens_oracle.oracle import ActivationOracle
-    from lens_oracle.train import train_oracle
+    from lens_oracle.runner import train_oracle
 
     context = init_distributed(args.backend)
     try:

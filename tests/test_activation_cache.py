@@ -22,7 +22,7 @@ from lens_oracle.data.example import OracleExample
 from lens_oracle.errors import ArtifactError, DataError, HookError
 from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
-from lens_oracle.train import train_oracle
+from lens_oracle.runner import train_oracle
 
 
 @pytest.fixture(scope="module")

@@ -219,7 +219,8 @@ def _colour_run(tokenizer, **config):
 
 
 def test_after_a_non_finite_loss_the_newest_checkpoint_resumes_to_the_same_result(tokenizer, tmp_path: Path) -> None:
-    from lens_oracle.train import Trainer, batch_loss, train_oracle, training_batches
+    from lens_oracle.train import Trainer, batch_loss, training_batches
+    from lens_oracle.runner import train_oracle
 
     oracle, examples, config = _colour_run(tokenizer)
     reference = train_oracle(oracle, examples, config)
@@ -246,7 +247,7 @@ def test_after_a_non_finite_loss_the_newest_checkpoint_resumes_to_the_same_resul
 
 
 def test_weights_that_blow_up_stop_training_before_a_checkpoint(tokenizer, tmp_path: Path) -> None:
-    from lens_oracle.train import train_oracle
+    from lens_oracle.runner import train_oracle
 
     oracle, examples, config = _colour_run(tokenizer, learning_rate=1e6)
     with pytest.raises(TrainingError, match=r"weights blew up at step 1 \(largest \|w\| = 1e\+06"):
@@ -259,7 +260,7 @@ def test_resume_applies_a_new_learning_rate_with_a_warning_and_refuses_a_new_bat
 ) -> None:
     from lens_oracle.config import TrainConfig
     from lens_oracle.errors import ConfigError
-    from lens_oracle.train import train_oracle
+    from lens_oracle.runner import train_oracle
 
     oracle, examples, config = _colour_run(tokenizer, epochs=1)
     train_oracle(oracle, examples, config, checkpoint_dir=tmp_path)  # 8 steps, checkpoints 7 and 8

@@ -21,7 +21,8 @@ from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.presets import META_MODELS_TASKS, depth_layers, meta_models
 from lens_oracle.projector import projector_config
-from lens_oracle.train import Trainer, target_reader, train_oracle
+from lens_oracle.train import Trainer, target_reader
+from lens_oracle.runner import train_oracle
 
 QUESTION = "what colour is here ?"
 ADAPTER = AdapterConfig(rank=8, alpha=16, dropout=0.0)

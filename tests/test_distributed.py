@@ -121,7 +121,7 @@ def oracle(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_the_world_size_must_divide_the_batch(oracle) -> None:
-    from lens_oracle.train import train_oracle
+    from lens_oracle.runner import train_oracle
 
     model, examples = oracle
     four = DistributedContext(rank=0, world_size=4, local_rank=0, device=torch.device("cpu"), backend="gloo")
@@ -132,7 +132,7 @@ def test_the_world_size_must_divide_the_batch(oracle) -> None:
 
 
 def test_torchrun_without_a_process_group_is_refused(oracle, monkeypatch) -> None:
-    from lens_oracle.train import train_oracle
+    from lens_oracle.runner import train_oracle
 
     model, examples = oracle
     monkeypatch.setenv("WORLD_SIZE", "2")

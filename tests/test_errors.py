@@ -149,7 +149,7 @@ def _rows(tmp: Path, row: dict) -> Path:
 
 
 def _train(oracle, examples):
-    from lens_oracle.train import train_oracle
+    from lens_oracle.runner import train_oracle
 
     return train_oracle(oracle, examples, TrainConfig(progress=False))
 

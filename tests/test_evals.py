@@ -30,7 +30,7 @@ from lens_oracle.evals.taskfile import save_tasks
 from lens_oracle.evals.tasks import EvalItem, EvalTask, TargetSpec
 from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
-from lens_oracle.train import train_oracle
+from lens_oracle.runner import train_oracle
 
 QUESTIONS = ("what colour is here ?", "what is the colour ?")
 READ_LAYER = 0

@@ -14,7 +14,8 @@ from lens_oracle.data.example import OracleExample
 from lens_oracle.inject import inject, scatter_vectors
 from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
-from lens_oracle.train import batch_loss, train_oracle
+from lens_oracle.train import batch_loss
+from lens_oracle.runner import train_oracle
 
 ADAPTER = AdapterConfig(rank=4, alpha=8, dropout=0.0)
 PROMPTS = ["w1 red w2 w3 w4", "w5 blue w6", "gold w7 w8 w9 w10 w11 w12"]

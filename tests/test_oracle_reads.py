@@ -10,7 +10,7 @@ from lens_oracle.activations import read_vectors
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.example import OracleExample
 from lens_oracle.oracle import ActivationOracle
-from lens_oracle.train import train_oracle
+from lens_oracle.runner import train_oracle
 
 pytestmark = pytest.mark.compat  # run on the newest upstream releases by `make test-latest`
 

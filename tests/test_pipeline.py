@@ -185,7 +185,7 @@ def _train_a_little(oracle, tokenizer) -> None:
     from helpers import colour_task
     from lens_oracle.config import TrainConfig
     from lens_oracle.data.example import OracleExample
-    from lens_oracle.train import train_oracle
+    from lens_oracle.runner import train_oracle
 
     examples = [
         OracleExample(tuple(ids), (p,), 1, "what colour ?", c) for ids, p, c in colour_task(tokenizer, 32, 0)

@@ -42,7 +42,8 @@ from lens_oracle.projector import (
     vector_layers,
 )
 from lens_oracle.prompt import encode_oracle_prompt, layer_groups, oracle_user_text
-from lens_oracle.train import Trainer, train_oracle
+from lens_oracle.train import Trainer
+from lens_oracle.runner import train_oracle
 
 SOURCE_D, ORACLE_D = 48, 64
 ADAPTER = AdapterConfig(rank=4, alpha=8, dropout=0.0)

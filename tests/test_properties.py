@@ -76,7 +76,7 @@ def test_same_seed_same_loss_curve_and_adapter(tokenizer) -> None:
     from lens_oracle.config import AdapterConfig, TrainConfig
     from lens_oracle.data.example import OracleExample
     from lens_oracle.oracle import ActivationOracle
-    from lens_oracle.train import train_oracle
+    from lens_oracle.runner import train_oracle
 
     examples = [OracleExample(tuple(i), (p,), 1, "what colour ?", c) for i, p, c in colour_task(tokenizer, 48, 0)]
     runs = []

@@ -128,7 +128,8 @@ def test_lora_runs_and_a_few_steps_lower_the_loss(oracle: Any) -> None:
     from lens_oracle.data.example import OracleExample
     from lens_oracle.lora import check_adapter_runs
     from lens_oracle.oracle import ActivationOracle
-    from lens_oracle.train import batch_loss, train_oracle
+    from lens_oracle.train import batch_loss
+    from lens_oracle.runner import train_oracle
 
     check_adapter_runs(oracle.model)
     fresh = ActivationOracle.create(FOLDER, adapter=AdapterConfig(rank=8, alpha=16, dropout=0.0))

@@ -15,7 +15,7 @@ from helpers import build_llama, build_tokenizer, colour_task  # noqa: E402
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig  # noqa: E402
 from lens_oracle.data.example import OracleExample  # noqa: E402
 from lens_oracle.oracle import ActivationOracle  # noqa: E402
-from lens_oracle.train import train_oracle  # noqa: E402
+from lens_oracle.runner import train_oracle  # noqa: E402
 
 
 def _die_inside_checkpoint_write(step: int) -> None:

@@ -41,7 +41,7 @@ from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.example import OracleExample
 from lens_oracle.evals import EvalItem, EvalTask, load_tasks, merge_reports, run_task, sweep
 from lens_oracle.oracle import ActivationOracle
-from lens_oracle.train import train_oracle
+from lens_oracle.runner import train_oracle
 
 COLOURS = ["red", "blue", "green", "gold"]
 FILLER = [f"w{i}" for i in range(40)]

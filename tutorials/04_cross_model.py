@@ -48,7 +48,7 @@ from lens_oracle.toy.lies import (
     training_rows,
 )
 from lens_oracle.toy.model import QUICK
-from lens_oracle.train import train_oracle
+from lens_oracle.runner import train_oracle
 
 
 def main() -> None:

@@ -47,7 +47,7 @@ from lens_oracle.toy.model import digest, load_or_pretrain, read_stamp
 from lens_oracle.toy.oracle_data import ORACLE_WORDS, ToyMixtureConfig, build_toy_mixture
 from lens_oracle.toy.organisms import Organism, build_organisms
 from lens_oracle.toy.tokenizer import cache_root, load_tokenizer
-from lens_oracle.train import train_oracle
+from lens_oracle.runner import train_oracle
 
 log = logging.getLogger(__name__)
 

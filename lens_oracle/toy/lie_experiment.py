@@ -50,7 +50,7 @@ from lens_oracle.toy.lies import (
     text_p_yes,
     training_rows,
 )
-from lens_oracle.train import train_oracle
+from lens_oracle.runner import train_oracle
 
 log = logging.getLogger(__name__)
 
