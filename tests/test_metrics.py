@@ -381,3 +381,24 @@ def test_bootstrap_interval_ordered_within_range(scores: list[float], seed: int)
     mean, low, high = bootstrap_ci(scores, n_resamples=50, seed=seed)
     assert min(scores) - 1e-9 <= low <= high <= max(scores) + 1e-9
     assert mean == pytest.approx(sum(scores) / len(scores))
+
+
+def test_chrf_on_hand_computed_cases() -> None:
+    from lens_oracle.evals.metrics import chrf
+
+    assert chrf("The Cat!", "cat") == 1.0  # normalised: articles, case and punctuation go
+    assert chrf("xyz", "abc") == 0.0
+    assert chrf("", "") == 1.0 and chrf("", "abc") == 0.0
+    # "ab" vs "abc": 1-grams P 2/2, R 2/3 -> F2 = 5 * (2/3) / (4 + 2/3) = 5/7; 2-grams P 1/1,
+    # R 1/2 -> F2 = 2.5 / 4.5 = 5/9; no 3-grams in "ab": the mean of the two orders.
+    assert chrf("ab", "abc") == pytest.approx((5 / 7 + 5 / 9) / 2)
+    assert chrf("ab", ["zz", "abc"]) == pytest.approx((5 / 7 + 5 / 9) / 2)  # best reference
+    assert chrf("x y", "xy") == 1.0  # whitespace is removed
+    with pytest.raises(EvalError, match="order"):
+        chrf("a", "a", order=0)
+
+
+def test_chrf_is_a_task_scorer() -> None:
+    from lens_oracle.evals.scoring import score_answer
+
+    assert score_answer("chrf", "ab", ["abc"]) == pytest.approx((5 / 7 + 5 / 9) / 2)

@@ -27,6 +27,7 @@ __all__ = [
     "Score",
     "auroc",
     "bootstrap_ci",
+    "chrf",
     "exact_match",
     "expected_calibration_error",
     "normalize_answer",
@@ -173,6 +174,40 @@ def rouge_l(prediction: str, references: str | Sequence[str]) -> float:
     for reference in _references(references):
         ref = normalize_answer(reference).split()
         best = max(best, _f_measure(_lcs_length(pred, ref), len(pred), len(ref)))
+    return best
+
+
+def _char_ngrams(text: str, n: int) -> Counter[str]:
+    return Counter(text[i : i + n] for i in range(len(text) - n + 1))
+
+
+def chrf(prediction: str, references: str | Sequence[str], *, order: int = 6, beta: float = 2.0) -> float:
+    """chrF (Popović, 2015): character n-gram F-score, best over the references, in [0, 1].
+
+    On normalised answers with whitespace removed, for each n in 1..``order``: precision and
+    recall of the (clipped) shared character n-grams and their F-beta (beta 2: recall weighs
+    more); the score is the mean over the orders that both strings are long enough to have.
+    Empty against empty is 1.0; a string too short for any order against another scores 0.0
+    unless they are equal.
+    """
+    if order < 1 or beta <= 0:
+        raise EvalError(f"chrF needs order >= 1 and beta > 0, got order {order} and beta {beta}")
+    pred = "".join(normalize_answer(prediction).split())
+    best = 0.0
+    for reference in _references(references):
+        ref = "".join(normalize_answer(reference).split())
+        if pred == ref:
+            return 1.0
+        scores = []
+        for n in range(1, order + 1):
+            pred_grams, ref_grams = _char_ngrams(pred, n), _char_ngrams(ref, n)
+            if not pred_grams or not ref_grams:
+                continue
+            matches = sum((pred_grams & ref_grams).values())
+            precision, recall = matches / sum(pred_grams.values()), matches / sum(ref_grams.values())
+            denominator = beta**2 * precision + recall
+            scores.append((1 + beta**2) * precision * recall / denominator if denominator else 0.0)
+        best = max(best, sum(scores) / len(scores) if scores else 0.0)
     return best
 
 

@@ -3,7 +3,8 @@
 * ``exact``: :func:`~lens_oracle.evals.metrics.exact_match` (with the task's synonyms);
 * ``contains``: 1.0 if an accepted answer (a reference or a synonym of one) appears in the
   prediction as a whole-word run after normalisation (``"it is red."`` contains ``red``);
-* ``token_f1`` / ``rouge_l``: SQuAD token F1 and ROUGE-L F-measure, best over references;
+* ``token_f1`` / ``rouge_l`` / ``chrf``: SQuAD token F1, ROUGE-L F-measure and chrF (character
+  n-grams), best over references;
 * ``yes_no``: 1.0 if the prediction's first word parses to the reference's yes/no label.
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.metrics import (
+    chrf,
     exact_match,
     normalize_answer,
     rouge_l,
@@ -58,6 +60,8 @@ def score_answer(
         return token_f1(prediction, list(references))
     if scorer == "rouge_l":
         return rouge_l(prediction, list(references))
+    if scorer == "chrf":
+        return chrf(prediction, list(references))
     if scorer == "yes_no":
         gold = yes_no_label(references[0])
         if gold is None:

@@ -28,7 +28,7 @@ from lens_oracle.config import Site
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.metrics import normalize_answer
 
-Scorer = Literal["exact", "contains", "token_f1", "rouge_l", "yes_no"]
+Scorer = Literal["exact", "contains", "token_f1", "rouge_l", "chrf", "yes_no"]
 """How a predicted answer is scored against the references (see :mod:`.scoring`)."""
 SCORERS: tuple[str, ...] = get_args(Scorer)
 
