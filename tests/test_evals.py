@@ -19,6 +19,7 @@ from helpers import COLOURS, build_llama, build_tokenizer, colour_task
 from lens_oracle.activations import AllTokens, Indices, LastToken, read_vectors
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.example import OracleExample
+from lens_oracle.errors import EvalError
 from lens_oracle.evals.cli import eval_main
 from lens_oracle.evals.controls import oracle_p_yes
 from lens_oracle.evals.methods import CONTROLS, METHODS, MethodContext
@@ -388,3 +389,52 @@ def test_cli_writes_results(oracle, tok, task, model_folders, tmp_path: Path, ca
     with caplog.at_level(logging.ERROR):
         code = eval_main(["--oracle", str(saved), "--tasks", str(bad), "--out", str(out)])
     assert code == 2 and "missing ['items']" in caplog.text
+
+
+def test_sampled_answers_are_scored_as_the_task_says(oracle, task) -> None:
+    """samples=N: the oracle family samples (seeded), the black box stays greedy; 'any' >= 'mean'."""
+    from dataclasses import replace
+
+    small = replace(task, items=task.items[:16], questions=QUESTIONS[:1], samples=4)
+    by_rule = {
+        rule: run_task(oracle, replace(small, sample_score=rule), methods=["oracle", "black_box"],
+                       seed=5, n_resamples=50)
+        for rule in ("any", "majority", "mean")
+    }
+    results = {rule: {r.method: r for r in rep.results} for rule, rep in by_rule.items()}
+    assert results["mean"]["oracle"].extras["answers"] == (
+        "4 samples per item (temperature 0.7, top-p 0.9), scored by mean"
+    )
+    assert results["mean"]["black_box"].extras["answers"] == "greedy (this method does not sample)"
+    assert results["any"]["oracle"].score.mean >= results["mean"]["oracle"].score.mean
+    assert results["mean"]["black_box"].score.mean == results["any"]["black_box"].score.mean
+    again = run_task(oracle, replace(small, sample_score="mean"), methods=["oracle"], seed=5, n_resamples=50)
+    assert again.results[0].to_dict() == results["mean"]["oracle"].to_dict()
+    assert 0.0 < results["mean"]["oracle"].score.mean <= 1.0
+
+
+def test_sample_scores_and_the_most_common_answer() -> None:
+    from lens_oracle.evals.controls import most_common
+    from lens_oracle.evals.runner import sample_score
+
+    answers = ["Red.", "blue", "red", "green"]
+    right = {"red": 1.0}
+    score = lambda a: right.get(a.strip(".").lower(), 0.0)  # noqa: E731 - a tiny scorer
+    assert most_common(answers) == "Red." and most_common(["a b", "c", "c", "A B"]) == "a b"
+    assert sample_score("any", answers, score) == 1.0
+    assert sample_score("majority", answers, score) == 1.0
+    assert sample_score("mean", answers, score) == 0.5
+    assert sample_score("majority", ["blue", "blue", "red"], score) == 0.0
+
+
+def test_task_files_carry_sampling_settings() -> None:
+    from lens_oracle.evals.taskfile import tasks_from_json, tasks_to_json
+
+    base = {"name": "t", "items": [{"context": "w1 red", "references": ["red"]}], "questions": ["what ?"]}
+    (task,) = tasks_from_json(json.dumps({"tasks": [{**base, "samples": 10, "sample_score": "any"}]}))
+    assert (task.samples, task.sample_score) == (10, "any")
+    assert tasks_from_json(tasks_to_json([task])) == (task,)
+    assert "samples" not in tasks_to_json(tasks_from_json(json.dumps({"tasks": [base]})))
+    for bad in ({"samples": -1}, {"samples": True}, {"sample_score": "best"}):
+        with pytest.raises(EvalError):
+            tasks_from_json(json.dumps({"tasks": [{**base, **bad}]}))

@@ -120,10 +120,18 @@ def ask_oracle(
     prep, oracle = ctx.prepared, ctx.oracle
     task = prep.task
     n = len(prep)
-    predictions, probs = [], []
+    predictions, probs, samples = [], [], []
     for k in range(task.n_questions):
         questions = prep.questions(k)
         with contextlib.nullcontext() if adapter else oracle.adapter_disabled():
+            if task.samples:
+                drawn = oracle.ask_samples(
+                    list(vectors), questions, n_samples=task.samples, max_new_tokens=task.max_new_tokens,
+                    seed=ctx.seed, layers=[prep.tag] * n, batch_size=ctx.batch_size, inject=inject,
+                )
+                samples.append(tuple(tuple(group) for group in drawn))
+                predictions.append(tuple(most_common(group) for group in drawn))
+                continue
             predictions.append(
                 tuple(
                     oracle.ask_batch(
@@ -149,7 +157,18 @@ def ask_oracle(
                         )
                     )
                 )
-    return MethodOutput(tuple(predictions), question_labels(task), tuple(probs))
+    return MethodOutput(tuple(predictions), question_labels(task), tuple(probs), samples=tuple(samples))
+
+
+def most_common(answers: Sequence[str]) -> str:
+    """The most frequent answer after normalisation (the earliest among ties), as first written."""
+    from collections import Counter
+
+    from lens_oracle.evals.metrics import normalize_answer
+
+    counts = Counter(normalize_answer(a) for a in answers)
+    top = max(counts.values())
+    return next(a for a in answers if counts[normalize_answer(a)] == top)
 
 
 def ablated_shuffle(ctx: MethodContext) -> MethodOutput:
@@ -158,5 +177,5 @@ def ablated_shuffle(ctx: MethodContext) -> MethodOutput:
     perm, clashes = shuffle_permutation([item.label for item in ctx.prepared.items], ctx.seed)
     out = ask_oracle(ctx, [vectors[j] for j in perm])
     return MethodOutput(
-        out.predictions, out.questions, out.p_yes, {"shuffle_same_label_items": clashes}
+        out.predictions, out.questions, out.p_yes, {"shuffle_same_label_items": clashes}, out.samples
     )

@@ -80,6 +80,9 @@ class MethodOutput:
     questions: tuple[str, ...]
     p_yes: tuple[tuple[float, ...], ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)
+    samples: tuple[tuple[tuple[str, ...], ...], ...] = ()
+    """Sampled answers ``[paraphrase][item][sample]`` (tasks with ``samples``; ``predictions``
+    then holds each item's most common sample)."""
 
 
 def unavailable_reason(method: str, task: EvalTask) -> str | None:

@@ -8,7 +8,7 @@ initialisation and the bootstrap. Generation is greedy, so the same seed gives t
 from __future__ import annotations
 
 import logging
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import replace
 from statistics import fmean
 from typing import Any
@@ -92,18 +92,37 @@ def _calibration(p_yes: Sequence[Sequence[float]], items: Sequence[EvalItem]) ->
     }
 
 
+def sample_score(how: str, answers: Sequence[str], score: Callable[[str], float]) -> float:
+    """One item's score from its sampled ``answers``: ``any`` (the best sample), ``majority``
+    (the most common answer's score) or ``mean`` (over samples)."""
+    from lens_oracle.evals.controls import most_common
+
+    if how == "any":
+        return max(score(a) for a in answers)
+    if how == "majority":
+        return score(most_common(answers))
+    if how == "mean":
+        return fmean(score(a) for a in answers)
+    raise EvalError(f"unknown sample score {how!r}; choose any, majority or mean")
+
+
 def score_output(
     method: str, out: MethodOutput, prepared: Prepared, *, seed: int = 0, n_resamples: int = 1000
 ) -> EvalResult:
     """Score a method's predictions: per item (mean over paraphrases) and per paraphrase."""
     task, items = prepared.task, prepared.items
-    matrix = [
-        [
-            score_answer(task.scorer, pred, item.references, task.synonyms)
-            for pred, item in zip(preds, items, strict=True)
+
+    def score(pred: str, item: EvalItem) -> float:
+        return score_answer(task.scorer, pred, item.references, task.synonyms)
+
+    if out.samples:
+        matrix = [
+            [sample_score(task.sample_score, group, lambda a, item=item: score(a, item))
+             for group, item in zip(groups, items, strict=True)]
+            for groups in out.samples
         ]
-        for preds in out.predictions
-    ]
+    else:
+        matrix = [[score(pred, item) for pred, item in zip(preds, items, strict=True)] for preds in out.predictions]
     item_scores = [fmean(col) for col in zip(*matrix, strict=True)]
     question_means = [fmean(row) for row in matrix]
     extras: dict[str, object] = {
@@ -113,6 +132,11 @@ def score_output(
     }
     if prepared.extra_layers:
         extras["read_layers"] = [prepared.layer, *prepared.extra_layers]
+    if task.samples:
+        extras["answers"] = (
+            f"{task.samples} samples per item (temperature 0.7, top-p 0.9), scored by {task.sample_score}"
+            if out.samples else "greedy (this method does not sample)"
+        )
     if out.p_yes:
         extras["calibration"] = _calibration(out.p_yes, items)
     return EvalResult(

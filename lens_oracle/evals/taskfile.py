@@ -38,7 +38,14 @@ from typing import Any, get_args
 
 from lens_oracle.config import Site
 from lens_oracle.errors import EvalError
-from lens_oracle.evals.tasks import SCORERS, EvalItem, EvalTask, TargetSpec, positions_from_dict
+from lens_oracle.evals.tasks import (
+    SAMPLE_SCORES,
+    SCORERS,
+    EvalItem,
+    EvalTask,
+    TargetSpec,
+    positions_from_dict,
+)
 from lens_oracle.io import atomic_write_text
 
 TASK_FILE_VERSION = 1
@@ -58,6 +65,8 @@ _TASK_KEYS = {
     "train_items",
     "max_new_tokens",
     "extra_layers",
+    "samples",
+    "sample_score",
 }
 
 
@@ -129,7 +138,11 @@ def _scalars(data: Mapping[str, Any], where: str) -> dict[str, Any]:
     extra = data.get("extra_layers", [])
     if not isinstance(extra, list) or not all(_is_int(x) for x in extra):
         raise EvalError(f"{where}.extra_layers must be a list of integers, got {extra!r}")
-    for key in ("layer", "site", "scorer", "max_new_tokens"):
+    if "samples" in data and (not _is_int(data["samples"]) or data["samples"] < 0):
+        raise EvalError(f"{where}.samples must be 0 (greedy) or a positive integer, got {data['samples']!r}")
+    if "sample_score" in data and data["sample_score"] not in SAMPLE_SCORES:
+        raise EvalError(f"{where}.sample_score must be one of {list(SAMPLE_SCORES)}, got {data['sample_score']!r}")
+    for key in ("layer", "site", "scorer", "max_new_tokens", "samples", "sample_score"):
         if key in data:
             out[key] = data[key]
     if extra:

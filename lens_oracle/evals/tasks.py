@@ -29,6 +29,10 @@ from lens_oracle.errors import EvalError
 from lens_oracle.evals.metrics import normalize_answer
 
 Scorer = Literal["exact", "contains", "token_f1", "rouge_l", "chrf", "yes_no"]
+SampleScore = Literal["any", "majority", "mean"]
+"""How sampled answers make one item score: the best sample, the most common answer's score,
+or the mean over samples."""
+SAMPLE_SCORES: tuple[str, ...] = get_args(SampleScore)
 """How a predicted answer is scored against the references (see :mod:`.scoring`)."""
 SCORERS: tuple[str, ...] = get_args(Scorer)
 
@@ -194,6 +198,11 @@ class EvalTask:
     extra_layers: tuple[int, ...] = ()
     """Multi-layer queries (Meta-Models): more read layers after ``layer``; the oracle gets the
     same positions at every layer, one tagged group per layer."""
+    samples: int = 0
+    """0: greedy answers. N: the oracle family samples N answers per item and paraphrase (the AO
+    open-ended protocol: temperature 0.7, top-p 0.9; seeded by the run's seed), scored by
+    ``sample_score``; the black box and the logit lens stay greedy."""
+    sample_score: SampleScore = "mean"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -224,6 +233,10 @@ class EvalTask:
             )
         if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
             raise EvalError(f"{where}: max_new_tokens must be a positive integer")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 0:
+            raise EvalError(f"{where}: samples must be 0 (greedy) or a positive number of samples")
+        if self.sample_score not in SAMPLE_SCORES:
+            raise EvalError(f"{where}: sample_score must be one of {list(SAMPLE_SCORES)}, got {self.sample_score!r}")
         if isinstance(self.extra_layers, list):
             object.__setattr__(self, "extra_layers", tuple(self.extra_layers))
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in self.extra_layers):
@@ -278,4 +291,5 @@ class EvalTask:
             "train_items": [i.to_dict() for i in self.train_items],
             "max_new_tokens": self.max_new_tokens,
             **({"extra_layers": list(self.extra_layers)} if self.extra_layers else {}),
+            **({"samples": self.samples, "sample_score": self.sample_score} if self.samples else {}),
         }
