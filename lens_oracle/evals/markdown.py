@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 from lens_oracle.evals.methods import method_order
 
 if TYPE_CHECKING:
-    from lens_oracle.evals.report import EvalReport, EvalResult
+    from lens_oracle.evals.results import EvalResult, ReportView
 
 
-def report_markdown(report: EvalReport) -> str:
+def report_markdown(report: ReportView) -> str:
     """One table per condition (method, kind, score with 95% CI, best paraphrase, n), with the
     oracle's margin over the best control, calibration rows for yes/no tasks and skipped methods."""
     lines: list[str] = []

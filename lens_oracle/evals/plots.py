@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from lens_oracle.errors import EvalError
 
 if TYPE_CHECKING:
-    from lens_oracle.evals.report import EvalReport
+    from lens_oracle.evals.results import ReportView
 
 PLOTS_HINT = "plots need matplotlib: pip install 'lens-oracle[plots]'"
 
@@ -38,7 +38,7 @@ def _slug(text: str) -> str:
 
 
 def plot_scores(
-    report: EvalReport, path: str | os.PathLike[str], condition: tuple[str, int, str] | None = None
+    report: ReportView, path: str | os.PathLike[str], condition: tuple[str, int, str] | None = None
 ) -> Path:
     """Bar chart of every method's score with its 95% CI on one condition (default: the first)."""
     plt = _pyplot()
@@ -72,7 +72,7 @@ def plot_scores(
 
 
 def plot_sweep(
-    report: EvalReport, path: str | os.PathLike[str], task: str, by: str = "layer"
+    report: ReportView, path: str | os.PathLike[str], task: str, by: str = "layer"
 ) -> Path:
     """One line per method: score against read layer (``by="layer"``) or position policy."""
     rows = report.sweep_rows(task, by)
@@ -107,7 +107,7 @@ def plot_sweep(
     return path
 
 
-def save_plots(report: EvalReport, folder: str | os.PathLike[str]) -> list[Path]:
+def save_plots(report: ReportView, folder: str | os.PathLike[str]) -> list[Path]:
     """A score chart per condition, plus sweep plots for tasks evaluated under several conditions."""
     folder = Path(folder)
     written = []
