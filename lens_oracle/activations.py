@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 
 from lens_oracle.config import ActivationConvention, Site
-from lens_oracle.errors import ActivationError, ConfigError, HookError, PositionError, PromptError
+from lens_oracle.errors import ActivationError, HookError, PositionError, PromptError
 from lens_oracle.inject import stack_vectors
 from lens_oracle.models import LoadedModel, resolve_layers
 from lens_oracle.positions import (
@@ -33,7 +33,7 @@ from lens_oracle.positions import (
     tokenize_prompt,
 )
 from lens_oracle.typing import VectorCounts, Vectors
-from lens_oracle.validate import is_int
+from lens_oracle.validate import check_count, is_int
 
 InputType = Literal["orig", "diff"]
 """What activation vectors are (the Activation Oracles authors' input types ``orig`` and ``diff``)."""
@@ -231,8 +231,7 @@ def capture_layers(
         prompts = [prompts]
     _check_prompts(prompts)
     check_selector(positions)
-    if not is_int(batch_size) or batch_size < 1:
-        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_count(batch_size, "batch_size")
     if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
         raise HookError(f"layers must be a list of block indices, got {layers!r}")
     read = resolve_layers(model, list(layers))

@@ -10,6 +10,7 @@ SHA-256, so later loads are a plain safetensors folder (seconds) and a changed s
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -62,8 +63,6 @@ def converted_folder(gguf: Path, cache: Path | None = None) -> Path:
 
 
 def _stamp_matches(folder: Path, digest: str) -> bool:
-    import json
-
     try:
         stamp = json.loads((folder / STAMP).read_text(encoding="utf-8"))
     except (OSError, ValueError):

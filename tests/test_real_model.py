@@ -33,12 +33,10 @@ def oracle() -> Any:
     from lens_oracle.config import AdapterConfig
     from lens_oracle.oracle import ActivationOracle
 
+    from arch_helpers import randomize_lora
+
     oracle = ActivationOracle.create(FOLDER, adapter=AdapterConfig(rank=8, alpha=16, dropout=0.0))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # a visible adapter: random B matrices
-        for name, param in oracle.model.hf_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+    randomize_lora(oracle.model.peft_model, std=0.02)  # a visible adapter: random B matrices
     return oracle
 
 

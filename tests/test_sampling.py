@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from arch_helpers import randomize_lora
 from helpers import build_llama
 from lens_oracle.activations import LastK
 from lens_oracle.config import AdapterConfig
@@ -21,11 +22,7 @@ def oracle(tokenizer_dir):
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     oracle = ActivationOracle.create(build_llama(tok), tok, adapter=AdapterConfig(rank=4, alpha=8, dropout=0.0))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in oracle.model.hf_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    randomize_lora(oracle.model.peft_model, std=0.3)
     return oracle
 
 

@@ -47,6 +47,7 @@ from lens_oracle.evals.tasks import (
     positions_from_dict,
 )
 from lens_oracle.io import atomic_write_text
+from lens_oracle.validate import is_int
 
 TASK_FILE_VERSION = 1
 """Version of the task file format; a newer file is refused."""
@@ -89,17 +90,13 @@ def _check_keys(data: Any, allowed: set[str], required: set[str], where: str) ->
         raise EvalError(f"{where} has unknown fields {unknown}; allowed: {sorted(allowed)}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def item_from_dict(data: Any, where: str = "item") -> EvalItem:
     """Parse one item object."""
     _check_keys(
         data, {"context", "references", "positions", "questions"}, {"context", "references"}, where
     )
     context = data["context"]
-    if isinstance(context, list) and context and all(_is_int(i) for i in context):
+    if isinstance(context, list) and context and all(is_int(i) for i in context):
         context = tuple(context)
     elif not isinstance(context, str) or not context:
         raise EvalError(f"{where}.context must be text or a list of token ids")
@@ -129,16 +126,16 @@ def _scalars(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise EvalError(
             f"{where}: site {data['site']!r} is unknown; choose one of {list(get_args(Site))}"
         )
-    if "layer" in data and data["layer"] is not None and not _is_int(data["layer"]):
+    if "layer" in data and data["layer"] is not None and not is_int(data["layer"]):
         raise EvalError(f"{where}.layer must be an integer or null, got {data['layer']!r}")
     if "max_new_tokens" in data and (
-        not _is_int(data["max_new_tokens"]) or data["max_new_tokens"] < 1
+        not is_int(data["max_new_tokens"]) or data["max_new_tokens"] < 1
     ):
         raise EvalError(f"{where}.max_new_tokens must be a positive integer")
     extra = data.get("extra_layers", [])
-    if not isinstance(extra, list) or not all(_is_int(x) for x in extra):
+    if not isinstance(extra, list) or not all(is_int(x) for x in extra):
         raise EvalError(f"{where}.extra_layers must be a list of integers, got {extra!r}")
-    if "samples" in data and (not _is_int(data["samples"]) or data["samples"] < 0):
+    if "samples" in data and (not is_int(data["samples"]) or data["samples"] < 0):
         raise EvalError(f"{where}.samples must be 0 (greedy) or a positive integer, got {data['samples']!r}")
     if "sample_score" in data and data["sample_score"] not in SAMPLE_SCORES:
         raise EvalError(f"{where}.sample_score must be one of {list(SAMPLE_SCORES)}, got {data['sample_score']!r}")
@@ -204,7 +201,7 @@ def tasks_from_json(text: str, where: str = "task file") -> tuple[EvalTask, ...]
         data = {"version": TASK_FILE_VERSION, "tasks": data}
     _check_keys(data, {"version", "tasks"}, {"tasks"}, where)
     version = data.get("version", TASK_FILE_VERSION)
-    if not _is_int(version) or version > TASK_FILE_VERSION:
+    if not is_int(version) or version > TASK_FILE_VERSION:
         raise EvalError(
             f"{where} has version {version!r}; this lens_oracle reads up to {TASK_FILE_VERSION}"
         )

@@ -36,8 +36,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lens_oracle.errors import ConfigError, ModelLoadError
-from lens_oracle.io import atomic_folder
-from lens_oracle.io import cache_root as io_cache_root
+from lens_oracle.io import atomic_folder, cache_root
 from lens_oracle.toy.language import END_TOKEN, NUMBER_WORDS, ROLES, ToyWorld
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
@@ -175,11 +174,6 @@ def default_folder(tokens: Sequence[str]) -> Path:
     payload = json.dumps([FORMAT_VERSION, list(tokens), CHAT_TEMPLATE]).encode("utf-8")
     digest = hashlib.sha256(payload).hexdigest()[:16]
     return cache_root() / f"toy_tokenizer_{digest}"
-
-
-def cache_root() -> Path:
-    """Where toy-world artifacts are cached: ``$LENS_ORACLE_CACHE`` or ``~/.cache/lens_oracle``."""
-    return io_cache_root()
 
 
 def build_tokenizer(
