@@ -125,6 +125,10 @@ class OracleExample:
         extra = row.get("extra_layers", [])
         if not isinstance(extra, list):
             raise DataError(f"example field 'extra_layers' should be list, got {type(extra).__name__}")
+        for name, values in (("context_ids", row["context_ids"]), ("positions", row["positions"]),
+                             ("extra_layers", extra)):
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                raise DataError(f"example field {name!r} should hold integers only")
         return cls(
             context_ids=tuple(row["context_ids"]),
             positions=tuple(row["positions"]),
