@@ -180,7 +180,7 @@ def make_workbench(sizes: Sizes, device: str | torch.device, folder: Path, model
     from lens_oracle.toy.tokenizer import build_tokenizer
 
     if model_folder is not None:
-        from lens_oracle.models import ensure_pad_token, load_tokenizer
+        from lens_oracle.loading import ensure_pad_token, load_tokenizer
 
         tokenizer = ensure_pad_token(load_tokenizer(model_folder))
         return Workbench(sizes=sizes, device=torch.device(device), folder=folder, tokenizer=tokenizer,
@@ -210,7 +210,7 @@ def real_model(folder: Path, tokenizer: Any) -> Any:
     """A fresh float32 copy of the model in ``folder`` whose special tokens are never the greedy
     choice: the unembedding is untied and the special rows zeroed (a real model's top logits are
     far above 0), so every generation runs its full length on both sides of a comparison."""
-    from lens_oracle.models import load_hf_model
+    from lens_oracle.loading import load_hf_model
 
     model = load_hf_model(folder).eval()
     with torch.no_grad():

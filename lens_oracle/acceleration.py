@@ -1,6 +1,6 @@
 """Running faster and smaller on a GPU: SDPA attention under the bridge, gradient checkpointing.
 
-Part of the seam to TransformerLens and Hugging Face (with :mod:`lens_oracle.models` and
+Part of the seam to TransformerLens and Hugging Face (with :mod:`lens_oracle.bridge`, :mod:`lens_oracle.loading` and
 :mod:`lens_oracle.lora`); :class:`~lens_oracle.models.LoadedModel` exposes both as methods.
 
 **Attention.** What TransformerBridge (transformer-lens 4.3) does to attention, checked on this machine:

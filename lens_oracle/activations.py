@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
+from einops import pack
 
 from lens_oracle.config import ActivationConvention, Site
 from lens_oracle.errors import ActivationError, HookError, PositionError, PromptError
@@ -32,7 +33,7 @@ from lens_oracle.positions import (
     check_selector,
     tokenize_prompt,
 )
-from lens_oracle.typing import VectorCounts, Vectors
+from lens_oracle.typing import ExampleVectors, Residual, VectorCounts, Vectors
 from lens_oracle.validate import check_count, is_int
 
 InputType = Literal["orig", "diff"]
@@ -75,7 +76,7 @@ class Activations:
     def d_model(self) -> int:
         return int(self.vectors.shape[-1])
 
-    def example(self, index: int) -> torch.Tensor:
+    def example(self, index: int) -> ExampleVectors:
         """Example ``index``'s vectors as ``[n_vec, d_model]``."""
         return self.vectors[index, : int(self.counts[index])]
 
@@ -148,16 +149,16 @@ def _residuals(
     layers: Sequence[int],
     site: Site,
     padding_side: Literal["left", "right"],
-) -> tuple[dict[int, torch.Tensor], list[int]]:
+) -> tuple[dict[int, Residual], list[int]]:
     """One padded forward pass stopping after the deepest layer; residuals at ``layers``.
 
     Returns ``{layer: [batch, pos, d_model]}`` and each row's padding offset.
     """
     names = {layer: model.hook_name(layer, site) for layer in sorted(set(layers))}
-    stored: dict[int, torch.Tensor] = {}
+    stored: dict[int, Residual] = {}
 
-    def keeper(layer: int) -> Callable[[torch.Tensor, object], torch.Tensor]:
-        def keep(resid: torch.Tensor, hook: object) -> torch.Tensor:
+    def keeper(layer: int) -> Callable[[Residual, object], Residual]:
+        def keep(resid: Residual, hook: object) -> Residual:
             stored[layer] = resid.detach()
             return resid
 
@@ -179,7 +180,7 @@ def _residuals(
     return stored, offsets
 
 
-def _gather(resid: torch.Tensor, row: int, offset: int, positions: Sequence[int]) -> torch.Tensor:
+def _gather(resid: Residual, row: int, offset: int, positions: Sequence[int]) -> ExampleVectors:
     index = torch.tensor([offset + p for p in positions], device=resid.device)
     return resid[row].index_select(0, index).float().cpu()
 
@@ -192,7 +193,7 @@ def read_vectors(
     *,
     site: Site = "resid_post",
     padding_side: Literal["left", "right"] = "right",
-) -> list[torch.Tensor]:
+) -> list[ExampleVectors]:
     """Example i's vectors at ``positions[i]`` of layer ``layers[i]``, in one batched pass.
 
     Returns a list of ``[len(positions[i]), d_model]`` float32 tensors on the CPU. The model runs
@@ -207,7 +208,7 @@ def read_vectors(
     _check_contexts(model, contexts, positions)
     stored, offsets = _residuals(model, contexts, [x for g in groups for x in g], site, padding_side)
     return [
-        torch.cat([_gather(stored[layer], row, offsets[row], pos) for layer in group])
+        pack([_gather(stored[layer], row, offsets[row], pos) for layer in group], "* d_model")[0]
         for row, (pos, group) in enumerate(zip(positions, groups, strict=True))
     ]
 
@@ -244,7 +245,7 @@ def capture_layers(
     tokenized = [tokenize_prompt(model.tokenizer, p) for p in prompts]
     picked = [positions.resolve(len(t.ids), t) for t in tokenized]
     _check_contexts(model, [t.ids for t in tokenized], picked)
-    per_layer: dict[int, list[torch.Tensor]] = {layer: [] for layer in read}
+    per_layer: dict[int, list[ExampleVectors]] = {layer: [] for layer in read}
     for start in range(0, len(prompts), batch_size):
         chunk = range(start, min(start + batch_size, len(prompts)))
         stored, offsets = _residuals(model, [tokenized[i].ids for i in chunk], read, site, padding_side)

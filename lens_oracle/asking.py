@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from einops import pack
 
 from lens_oracle.activations import Activations
 from lens_oracle.errors import ActivationError, ConfigError, PromptError
 from lens_oracle.inject import OracleBatch
 from lens_oracle.prompt import LayerTag, stop_token_ids
+from lens_oracle.typing import ExampleVectors
 from lens_oracle.validate import check_count, check_question, check_sampling, is_int
 
 if TYPE_CHECKING:
@@ -45,7 +47,7 @@ class Asking:
     @torch.no_grad()
     def ask_batch(
         self,
-        activations: Activations | Sequence[Activations] | Sequence[torch.Tensor],
+        activations: Activations | Sequence[Activations] | Sequence[ExampleVectors],
         questions: Sequence[str] | str,
         *,
         layers: Sequence[LayerTag] | None = None,
@@ -74,7 +76,7 @@ class Asking:
     @torch.no_grad()
     def ask_samples(
         self,
-        activations: Activations | Sequence[Activations] | Sequence[torch.Tensor],
+        activations: Activations | Sequence[Activations] | Sequence[ExampleVectors],
         questions: Sequence[str] | str,
         *,
         n_samples: int = 10,
@@ -113,11 +115,11 @@ class Asking:
 
     def _checked_questions(
         self,
-        activations: Activations | Sequence[Activations] | Sequence[torch.Tensor],
+        activations: Activations | Sequence[Activations] | Sequence[ExampleVectors],
         questions: Sequence[str] | str,
         layers: Sequence[LayerTag] | None,
         inject: object,
-    ) -> tuple[list[torch.Tensor], list[LayerTag], list[str]]:
+    ) -> tuple[list[ExampleVectors], list[LayerTag], list[str]]:
         """Per-example vectors, layer tags and questions, every argument checked."""
         if not isinstance(inject, bool):
             raise ConfigError(f"inject must be True or False, got {inject!r}")
@@ -134,7 +136,7 @@ class Asking:
 
     def _generate(
         self,
-        vectors: list[torch.Tensor],
+        vectors: list[ExampleVectors],
         tags: list[LayerTag],
         questions: list[str],
         sampling: dict[str, Any],
@@ -173,7 +175,7 @@ class Asking:
         return answers
 
     def ask(
-        self, activations: Activations | Sequence[Activations] | torch.Tensor, question: str, **kwargs: Any
+        self, activations: Activations | Sequence[Activations] | ExampleVectors, question: str, **kwargs: Any
     ) -> str:
         """The answer for a single example (``Activations`` of one prompt, one per layer for a
         multi-layer query, or ``[n_vec, d_model]``)."""
@@ -194,9 +196,9 @@ class Asking:
 
     def _unpack(
         self,
-        activations: Activations | Sequence[Activations] | Sequence[torch.Tensor],
+        activations: Activations | Sequence[Activations] | Sequence[ExampleVectors],
         layers: Sequence[LayerTag] | None,
-    ) -> tuple[list[torch.Tensor], list[LayerTag]]:
+    ) -> tuple[list[ExampleVectors], list[LayerTag]]:
         records = [activations] if isinstance(activations, Activations) else list(activations)
         if records and all(isinstance(a, Activations) for a in records):
             return self._unpack_records(records)
@@ -225,7 +227,7 @@ class Asking:
                 f"({n_layers} blocks: 0..{n_layers - 1}); give the layer the vectors were read at"
             )
 
-    def _unpack_records(self, records: list[Activations]) -> tuple[list[torch.Tensor], list[LayerTag]]:
+    def _unpack_records(self, records: list[Activations]) -> tuple[list[ExampleVectors], list[LayerTag]]:
         """Per-example vectors (layer by layer) and tags of one or more layers' Activations."""
         first = records[0]
         for acts in records:
@@ -244,6 +246,6 @@ class Asking:
                 )
         if self.projector is not None and first.source != self.projector.config.source_model:
             log.info("projector of %r reads activations of %r", self.projector.config.source_model, first.source)
-        vectors = [torch.cat([a.example(i) for a in records]) for i in range(len(first))]
+        vectors = [pack([a.example(i) for a in records], "* d_model")[0] for i in range(len(first))]
         tag: LayerTag = first.layer if len(records) == 1 else tuple(a.layer for a in records)
         return vectors, [tag] * len(vectors)

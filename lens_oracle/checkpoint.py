@@ -25,6 +25,7 @@ import torch
 
 from lens_oracle.errors import ArtifactError
 from lens_oracle.io import atomic_folder, atomic_write_json, remove_stale_staging, sha256_file
+from lens_oracle.typing import RngState, StateTensor
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,19 @@ class TrainingState:
 
     step: int
     """Optimiser steps completed."""
-    adapter: dict[str, torch.Tensor]
+    adapter: dict[str, StateTensor]
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
-    torch_rng: torch.Tensor
+    torch_rng: RngState
     python_rng: Any
     losses: list[float]
     config: dict[str, Any] = field(default_factory=dict)
     """The run's ``TrainConfig.to_dict()``, compared with the resuming run's."""
 
 
-def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, StateTensor], dict[str, Any]]:
     """Optimiser state dict -> (tensors for safetensors, JSON-able rest)."""
-    tensors: dict[str, torch.Tensor] = {}
+    tensors: dict[str, StateTensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for index, entry in state["state"].items():
         for key, value in entry.items():
@@ -65,7 +66,7 @@ def _split_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], di
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _join_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) -> dict[str, Any]:
+def _join_optimizer(tensors: dict[str, StateTensor], rest: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
@@ -192,10 +193,10 @@ def latest_valid_checkpoint(folder: Path) -> TrainingState | None:
     return None
 
 
-def capture_rng() -> tuple[torch.Tensor, Any]:
+def capture_rng() -> tuple[RngState, Any]:
     return torch.get_rng_state(), random.getstate()
 
 
-def restore_rng(torch_rng: torch.Tensor, python_rng: Any) -> None:
+def restore_rng(torch_rng: RngState, python_rng: Any) -> None:
     torch.set_rng_state(torch_rng)
     random.setstate(python_rng)

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from lens_oracle.typing import TokenIds
+
 PACKAGES = ("torch", "transformers", "transformer-lens", "peft", "safetensors", "tokenizers", "lens-oracle")
 ATOL = 1e-4
 PROMPTS = ("zovo lives in oslo .", "the cat is red", "tell me something about music .")
@@ -105,7 +107,7 @@ class _Bench:
             self.tokenizer = build_tokenizer(make_world(), folder / "tokenizer", padding_side="left")
             self.fresh_model = lambda: random_tiny_llama(self.tokenizer, n_layers=3, seed=0)
         else:
-            from lens_oracle.models import ensure_pad_token, load_hf_model, load_tokenizer
+            from lens_oracle.loading import ensure_pad_token, load_hf_model, load_tokenizer
 
             self.name = model
             self.tokenizer = ensure_pad_token(load_tokenizer(model))
@@ -129,7 +131,7 @@ class _Bench:
             self._oracle = oracle
         return self._oracle
 
-    def ids(self) -> torch.Tensor:
+    def ids(self) -> TokenIds:
         return torch.tensor([self.tokenizer(PROMPTS[0])["input_ids"]])
 
 

@@ -11,16 +11,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from einops import rearrange, repeat
 
 from lens_oracle.config import InjectionMode
 from lens_oracle.errors import ActivationError, PromptError
 from lens_oracle.typing import (
+    AttentionMask,
     Bool,
+    ExampleVectors,
+    Labels,
     PlaceholderMask,
     Residual,
     Tensor,
     TokenIds,
     VectorCounts,
+    VectorLayers,
     Vectors,
 )
 
@@ -29,14 +34,15 @@ from lens_oracle.typing import (
 class OracleBatch:
     """Tokenized oracle inputs with the vectors to inject at their placeholders."""
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor | None
-    placeholders: torch.Tensor
-    vectors: torch.Tensor
-    counts: torch.Tensor
-    vector_layers: torch.Tensor | None = None
-    """``[batch, n_vec]`` source layer of each vector (``-1`` on padding), for the projector."""
+    input_ids: TokenIds
+    attention_mask: AttentionMask
+    labels: Labels | None
+    placeholders: PlaceholderMask
+    vectors: Vectors
+    counts: VectorCounts
+    vector_layers: VectorLayers | None = None
+    """Source layer of each vector (``-1`` on padding), for the projector."""
+
 
 def placeholder_mask(
     input_ids: TokenIds,
@@ -108,11 +114,9 @@ def check_vectors(vectors: Vectors, counts: VectorCounts) -> None:
 
 def scatter_vectors(vectors: Vectors, mask: PlaceholderMask) -> Residual:
     """Lay vectors out on the placeholder positions: row b, k-th placeholder gets vectors[b, k]."""
-    index = (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-    gathered = torch.gather(
-        vectors, 1, index[..., None].expand(-1, -1, vectors.shape[-1])
-    )
-    return gathered
+    index = (mask.long().cumsum(dim=-1) - 1).clamp(min=0)  # [batch, pos]: which vector lands here
+    index = repeat(index, "batch pos -> batch pos d_model", d_model=vectors.shape[-1])
+    return torch.gather(vectors, 1, index)
 
 
 def unit_direction(vectors: Residual) -> Residual:
@@ -144,7 +148,7 @@ def inject(
         work = torch.promote_types(torch.promote_types(resid.dtype, placed.dtype), torch.float32)
         h = resid.to(work)
         new = (h + scale * h.norm(dim=-1, keepdim=True) * unit_direction(placed.to(work))).to(resid.dtype)
-    return torch.where(mask[..., None], new, resid)
+    return torch.where(rearrange(mask, "batch pos -> batch pos 1"), new, resid)
 
 
 def make_injection_hook(
@@ -168,7 +172,7 @@ def make_injection_hook(
     return hook
 
 
-def stack_vectors(per_example: Sequence[torch.Tensor]) -> tuple[Vectors, VectorCounts]:
+def stack_vectors(per_example: Sequence[ExampleVectors]) -> tuple[Vectors, VectorCounts]:
     """Right-pad a list of ``[n_i, d_model]`` tensors to ``[batch, max n_i, d_model]`` + counts."""
     if not per_example:
         raise ActivationError("no activation vectors were given; capture at least one example")

@@ -28,9 +28,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from lens_oracle.errors import ArtifactError, ConfigError, ModelLoadError, TrainingError
-from lens_oracle.typing import TokenIds
+from lens_oracle.typing import StateTensor, TokenIds
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def _hf_named_modules(root: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Mod
                 stack.append((f"{prefix}.{name}" if prefix else name, child))
 
 
-def hf_adapter_state_dict(peft_model: Any, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+def hf_adapter_state_dict(peft_model: Any, adapter_name: str = "default") -> dict[str, StateTensor]:
     """The adapter weights with PEFT's standard keys and Hugging Face module names.
 
     Loads into a plain HF model with ``PeftModel.from_pretrained`` whatever the bridge did to
@@ -216,7 +217,7 @@ def hf_adapter_state_dict(peft_model: Any, adapter_name: str = "default") -> dic
     # give it a state dict under those same names, read straight from each module: the bridge's
     # components do not all report their wrapped modules in ``state_dict()``.
     modules = dict(peft_model.named_modules())
-    named: dict[str, torch.Tensor] = {}
+    named: dict[str, StateTensor] = {}
     for path, module in modules.items():
         for store in (module._parameters, module._buffers):
             for name, tensor in store.items():
@@ -322,7 +323,8 @@ def check_adapter_runs(loaded_model: Any, input_ids: TokenIds | None = None) -> 
         with torch.enable_grad():
             logits = loaded_model.logits(ids)
             if trainable:
-                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+                predicted = rearrange(logits[:, :-1], "batch pos d_vocab -> (batch pos) d_vocab")
+                loss = F.cross_entropy(predicted.float(), rearrange(ids[:, 1:], "batch pos -> (batch pos)"))
                 loss.backward()
         grads = {(n, k): (None if p.grad is None else p.grad.detach().clone()) for n, k, p in trainable}
         b_nonzero = {n: bool(p.detach().count_nonzero()) for n, k, p in params if k == "lora_B"}
@@ -339,7 +341,7 @@ def _report(
     loaded_model: Any,
     names: list[str],
     called: set[str],
-    grads: dict[tuple[str, str], torch.Tensor | None],
+    grads: dict[tuple[str, str], StateTensor | None],
     b_nonzero: dict[str, bool],
 ) -> None:
     never = sorted(set(names) - called)

@@ -1,35 +1,43 @@
-"""The one seam to TransformerLens, Hugging Face and PEFT.
+"""A loaded model: the HF model, its TransformerBridge, tokenizer and optional LoRA adapter.
 
-Everything else in lens_oracle speaks hook names and tensors. This module loads models and
-tokenizers (local folder, HF cache offline, or in-memory objects), attaches or loads a LoRA
-adapter with PEFT *before* booting the TransformerBridge on the model (the other order fails),
-switches the adapter off for the target role, and builds validated hook names.
+Everything else in lens_oracle speaks hook names and tensors through :class:`LoadedModel`.
+:func:`load_model` puts one together from a local folder, the HF cache (offline) or in-memory
+objects: Hugging Face and PEFT loading live in :mod:`lens_oracle.loading`, the bridge in
+:mod:`lens_oracle.bridge`. ``LoadedModel`` switches the adapter off for the target role and
+builds validated hook names.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
-import json
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from einops import pack, rearrange, unpack
 
+from lens_oracle.bridge import boot_bridge, clean_key, route_kv_cache
 from lens_oracle.config import AdapterConfig, Site
 from lens_oracle.errors import HookError, ModelLoadError
+from lens_oracle.loading import (
+    ModelSource,
+    attach_adapter,
+    ensure_pad_token,
+    load_adapter,
+    load_hf_model,
+    load_tokenizer,
+    local_source,
+    model_architecture,
+)
+from lens_oracle.typing import AttentionMask, Float, Logits, StateTensor, Tensor, TokenIds
 
 log = logging.getLogger(__name__)
 
 SITES: tuple[Site, ...] = ("resid_pre", "resid_mid", "resid_post")
-ModelSource = str | os.PathLike[str] | Any
-"""A local folder, a name in the HF cache, or an in-memory ``PreTrainedModel``."""
 
 
 @dataclass
@@ -163,16 +171,18 @@ class LoadedModel:
         params = [p for n, p in self.hf_model.named_parameters() if "lora_" in n]
         return layers, params
 
-    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def logits(self, input_ids: TokenIds, attention_mask: AttentionMask | None = None) -> Logits:
         """A full forward pass through the (hooked) HF model."""
         return self.hf_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
-    def unembed_residual(self, resid: torch.Tensor) -> torch.Tensor:
-        """Logit lens: the final norm and the unembedding applied to ``[..., d_model]`` vectors."""
+    def unembed_residual(self, resid: Float[Tensor, "*vec d_model"]) -> Float[Tensor, "*vec d_vocab"]:
+        """Logit lens: the final norm and the unembedding applied to ``[..., d_model]`` vectors
+        (run as one sequence of all of them)."""
         dtype = next(self.hf_model.parameters()).dtype
-        flat = resid.to(self.device, dtype).reshape(1, -1, resid.shape[-1])
-        logits = self.bridge.unembed(self.bridge.ln_final(flat))
-        return logits.reshape(*resid.shape[:-1], logits.shape[-1])
+        flat, shape = pack([resid.to(self.device, dtype)], "* d_model")
+        sequence = rearrange(flat, "vec d_model -> 1 vec d_model")
+        logits = self.bridge.unembed(self.bridge.ln_final(sequence))
+        return unpack(rearrange(logits, "1 vec d_vocab -> vec d_vocab"), shape, "* d_vocab")[0]
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.hf_model.parameters() if p.requires_grad]
@@ -185,7 +195,7 @@ class LoadedModel:
             if "lora_" in name:
                 param.requires_grad_(trainable)
 
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+    def adapter_state_dict(self) -> dict[str, StateTensor]:
         """The adapter weights with PEFT's standard keys and the HF module names (not the
         bridge's re-parented ones), so a plain ``PeftModel.from_pretrained`` loads them."""
         if self.peft_model is None:
@@ -193,237 +203,6 @@ class LoadedModel:
         from lens_oracle.lora import hf_adapter_state_dict
 
         return hf_adapter_state_dict(self.peft_model)
-
-
-def model_architecture(hf_model: Any) -> str:
-    """The HF architecture class name, e.g. ``LlamaForCausalLM``."""
-    archs = getattr(hf_model.config, "architectures", None) or [type(hf_model).__name__]
-    return str(archs[0])
-
-
-def clean_key(key: str) -> str:
-    """Drop the bridge's ``._original_component`` wrappers from a parameter name."""
-    return key.replace("._original_component", "")
-
-
-def local_source(source: ModelSource) -> ModelSource:
-    """``source`` as transformers can load it: a GGUF file (or a folder holding one) becomes its
-    converted float folder (converted once, cached: :mod:`lens_oracle.gguf`); anything else as is."""
-    if not isinstance(source, (str, os.PathLike)):
-        return source
-    from lens_oracle.gguf import converted_folder, gguf_file
-
-    found = gguf_file(source)
-    return converted_folder(found) if found is not None else source
-
-
-def load_tokenizer(source: str | os.PathLike[str]) -> Any:
-    """Load a tokenizer from a local folder, a GGUF file or the HF cache without touching the network."""
-    from transformers import AutoTokenizer
-
-    source = local_source(source)
-    try:
-        return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"could not load a tokenizer from {str(source)!r} offline ({type(exc).__name__}); "
-            "give a local folder, a model already in the HF cache, or a tokenizer object"
-        ) from None
-
-
-def load_hf_model(source: ModelSource, *, dtype: torch.dtype | None = None) -> Any:
-    """A causal LM from an in-memory model, a local folder, a GGUF file, or the HF cache (offline).
-
-    ``dtype``: the weights' dtype; ``None`` keeps an in-memory model as it is and loads a folder
-    in float32. An in-memory model is cast in place.
-    """
-    from transformers import AutoModelForCausalLM, PreTrainedModel
-
-    if isinstance(source, PreTrainedModel):
-        return source if dtype is None or source.dtype == dtype else source.to(dtype)
-    if not isinstance(source, (str, os.PathLike)):
-        raise ModelLoadError(
-            f"cannot load a model from a {type(source).__name__}; give a folder, a cached "
-            "model name, or a transformers PreTrainedModel"
-        )
-    path = Path(source)
-    if str(source).startswith((".", "/", "~")) and not path.exists():
-        raise ModelLoadError(f"model folder {str(source)!r} does not exist")
-    source = local_source(source)
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            str(source), dtype=dtype or torch.float32, local_files_only=True
-        )
-    except (OSError, ValueError) as exc:
-        raise ModelLoadError(
-            f"model {str(source)!r} is not a local folder and not in the HF cache "
-            f"({type(exc).__name__}). lens_oracle never downloads: fetch it once with "
-            f"`huggingface-cli download {source}` on a machine with network, or pass a folder"
-        ) from None
-
-
-@contextlib.contextmanager
-def _quiet_peft() -> Iterator[None]:
-    """PEFT reads transformers' deprecated ``is_gradient_checkpointing`` while wrapping a model;
-    the FutureWarning is theirs, not the user's, so it is not shown."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-        yield
-
-
-def attach_adapter(hf_model: Any, adapter: AdapterConfig) -> Any:
-    """Wrap ``hf_model`` with a fresh trainable LoRA adapter (in place); returns the PeftModel."""
-    from peft import LoraConfig, get_peft_model
-
-    from lens_oracle.lora import (
-        check_target_modules,
-        resolve_target_modules,
-        stores_weights_transposed,
-    )
-
-    # "all-linear" is resolved here, not by PEFT: fused projections the bridge never calls
-    # (GPT-2 c_attn, GPT-NeoX query_key_value, ...) are left out; explicit targets that name
-    # one are refused (ModelLoadError), so no adapter is ever trained that has no effect.
-    targets = (
-        resolve_target_modules(hf_model)
-        if adapter.target_modules == ("all-linear",)
-        else check_target_modules(hf_model, adapter.target_modules)
-    )
-    config = LoraConfig(
-        r=adapter.rank,
-        lora_alpha=adapter.alpha,
-        lora_dropout=adapter.dropout,
-        target_modules=targets,
-        fan_in_fan_out=stores_weights_transposed(hf_model, targets),
-        task_type="CAUSAL_LM",
-    )
-    try:
-        with _quiet_peft():
-            return get_peft_model(hf_model, config)
-    except ValueError as exc:
-        raise ModelLoadError(f"could not attach LoRA to {type(hf_model).__name__}: {exc}") from None
-
-
-def load_adapter(hf_model: Any, folder: str | os.PathLike[str], *, trainable: bool = False) -> Any:
-    """Load a saved PEFT adapter into ``hf_model`` (in place); returns the PeftModel.
-
-    Refused with :class:`ArtifactError`: an ``adapter_config.json`` that is not valid JSON, and
-    weights whose keys are not exactly the adapter's (PEFT only warns about missing keys and
-    would leave fresh, untrained LoRA weights in their place).
-    """
-    from peft import PeftModel
-
-    from lens_oracle.errors import ArtifactError
-
-    config_path = Path(folder) / "adapter_config.json"
-    try:
-        json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{config_path} is not valid JSON ({exc}); the adapter folder is corrupt") from None
-    except OSError:
-        pass  # PEFT names the missing file below
-    try:
-        with _quiet_peft():
-            peft_model = PeftModel.from_pretrained(hf_model, str(folder), is_trainable=trainable)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        detail = "\n".join(str(exc).splitlines()[:3])
-        raise ArtifactError(
-            f"could not load the adapter in {str(folder)!r} into {type(hf_model).__name__}; it was "
-            f"probably trained for another base model: {detail}"
-        ) from None
-    _check_adapter_keys(peft_model, Path(folder))
-    return peft_model
-
-
-def _check_adapter_keys(peft_model: Any, folder: Path) -> None:
-    """The saved weights hold exactly the adapter's keys, or :class:`ArtifactError` names them."""
-    from safetensors import safe_open
-
-    from lens_oracle.errors import ArtifactError
-    from lens_oracle.lora import hf_adapter_state_dict
-
-    weights = folder / "adapter_model.safetensors"
-    if not weights.is_file():
-        return
-    with safe_open(str(weights), "pt") as handle:
-        saved = set(handle.keys())
-    expected = set(hf_adapter_state_dict(peft_model))
-    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
-    if missing or unexpected:
-        raise ArtifactError(
-            f"{weights} does not hold this adapter's weights: {len(missing)} missing "
-            f"(e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}); it was "
-            "saved for another model or adapter layout, and loading it would leave untrained LoRA weights"
-        )
-
-
-def _bridge_tokenizer(tokenizer: Any, name: str) -> Any:
-    """A shallow copy the bridge can use without reaching for the hub (see DESIGN pitfalls)."""
-    bridged = copy.copy(tokenizer)
-    bridged.init_kwargs = {
-        **tokenizer.init_kwargs,
-        "name_or_path": tokenizer.init_kwargs.get("name_or_path") or name,
-        "add_bos_token": True,
-    }
-    return bridged
-
-
-def boot_bridge(hf_model: Any, tokenizer: Any, name: str) -> Any:
-    """Boot a TransformerBridge around ``hf_model`` (after any LoRA has been attached)."""
-    from transformer_lens.model_bridge import TransformerBridge
-
-    hf_model.eval()
-    if not getattr(hf_model.config, "architectures", None):  # in-memory models: the bridge needs it
-        hf_model.config.architectures = [type(hf_model).__name__]
-    try:
-        bridge = TransformerBridge.boot_transformers(
-            name, hf_model=hf_model, tokenizer=_bridge_tokenizer(tokenizer, name)
-        )
-    except (ValueError, NotImplementedError, KeyError) as exc:
-        raise ModelLoadError(
-            f"TransformerLens cannot bridge {type(hf_model).__name__} ({exc}); "
-            "see TransformerBridge.list_supported_models()"
-        ) from None
-    route_kv_cache(bridge)
-    return bridge
-
-
-def _update_kv_cache_any_name(self: Any, key: torch.Tensor, value: torch.Tensor, **kwargs: Any) -> Any:
-    """The bridge's KV-cache update, given the cache under whichever name HF passed it."""
-    if kwargs.get("past_key_values") is None and kwargs.get("cache") is not None:
-        kwargs["past_key_values"] = kwargs.pop("cache")
-    return type(self)._update_kv_cache(self, key, value, **kwargs)
-
-
-def route_kv_cache(bridge: Any) -> int:
-    """Make the bridge's own attention code see the KV cache on every transformers 5.x.
-
-    transformers 5.24 renamed the keyword that decoder layers pass the cache to attention by,
-    ``past_key_values`` -> ``cache`` (the old name is a deprecated alias until 5.40). The
-    bridge's re-implemented attention (transformer-lens 4.3, ``AttentionBridge._update_kv_cache``)
-    still reads only ``past_key_values`` / ``layer_past``, so under 5.24+ it never writes to or
-    reads from the cache: every cached decoding step attends to itself alone and generation is
-    silently wrong (uncached forwards are unaffected). Each attention bridge of *this* model gets
-    an update that accepts either name; nothing global is patched, and on transformers < 5.24
-    nothing changes. Returns how many attention modules were routed.
-    """
-    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
-
-    routed = 0
-    for module in bridge.modules():
-        if isinstance(module, AttentionBridge) and "_update_kv_cache" not in module.__dict__:
-            # object.__setattr__: the bridge forwards attribute writes to the wrapped HF module.
-            object.__setattr__(module, "_update_kv_cache", _update_kv_cache_any_name.__get__(module))
-            routed += 1
-    return routed
-
-
-def ensure_pad_token(tokenizer: Any) -> Any:
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise ModelLoadError("the tokenizer has neither a pad nor an eos token; add a pad token")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
 
 
 def load_model(
@@ -503,3 +282,10 @@ def resolve_layers(model: LoadedModel, layers: Sequence[int]) -> list[int]:
         model.hook_name(resolved)  # raises with the valid range
         out.append(resolved)
     return out
+
+
+__all__ = [
+    "SITES", "LoadedModel", "ModelSource", "attach_adapter", "boot_bridge", "clean_key", "ensure_pad_token",
+    "load_adapter", "load_hf_model", "load_model", "load_tokenizer", "local_source", "model_architecture",
+    "resolve_layers", "route_kv_cache",
+]

@@ -18,9 +18,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from lens_oracle.activations import Activations, LastToken, Positions, Prompt, capture
 from lens_oracle.asking import Asking
+from lens_oracle.bridge import clean_key
 from lens_oracle.config import (
     AdapterConfig,
     InjectionConfig,
@@ -38,14 +40,8 @@ from lens_oracle.inject import (
     stack_vectors,
 )
 from lens_oracle.io import atomic_folder, atomic_write_json, check_replaceable
-from lens_oracle.models import (
-    LoadedModel,
-    ModelSource,
-    clean_key,
-    load_hf_model,
-    load_model,
-    model_architecture,
-)
+from lens_oracle.loading import ModelSource, load_hf_model, model_architecture
+from lens_oracle.models import LoadedModel, load_model
 from lens_oracle.projector import PROJECTOR_WEIGHTS, Projector, vector_layers
 from lens_oracle.prompt import (
     IGNORE_INDEX,
@@ -54,6 +50,7 @@ from lens_oracle.prompt import (
     layer_groups,
     placeholder_id,
 )
+from lens_oracle.typing import ExampleVectors, Logits, Loss
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +266,7 @@ class ActivationOracle(Asking):
 
     def encode(
         self,
-        vectors: Sequence[torch.Tensor],
+        vectors: Sequence[ExampleVectors],
         layers: Sequence[LayerTag],
         questions: Sequence[str],
         answers: Sequence[str] | None = None,
@@ -355,13 +352,13 @@ class ActivationOracle(Asking):
 
     # ------------------------------------------------------------ training
 
-    def logits(self, batch: OracleBatch, *, inject: bool = True) -> torch.Tensor:
+    def logits(self, batch: OracleBatch, *, inject: bool = True) -> Logits:
         """Oracle logits ``[batch, pos, d_vocab]`` with the vectors injected."""
         device = self.model.device
         with self.injecting(batch, enabled=inject):
             return self.model.logits(batch.input_ids.to(device), batch.attention_mask.to(device))
 
-    def loss(self, batch: OracleBatch) -> torch.Tensor:
+    def loss(self, batch: OracleBatch) -> Loss:
         """Mean cross-entropy over answer tokens."""
         if batch.labels is None:
             raise PromptError("this batch has no answers; encode it with answers to compute a loss")
@@ -369,7 +366,11 @@ class ActivationOracle(Asking):
         # Shift the labels, not the logits: slicing [batch, pos, d_vocab] logits copies them (and
         # their gradient), which costs ~2% of a step at a 49k vocabulary. Same pairs, same mean.
         labels = F.pad(batch.labels[:, 1:], (0, 1), value=IGNORE_INDEX).to(logits.device)
-        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(
+            rearrange(logits, "batch pos d_vocab -> (batch pos) d_vocab").float(),
+            rearrange(labels, "batch pos -> (batch pos)"),
+            ignore_index=IGNORE_INDEX,
+        )
 
 def check_oracle_destination(folder: Path, *, overwrite: bool) -> None:
     """Raise :class:`ArtifactError` unless an oracle may be saved to ``folder`` (see

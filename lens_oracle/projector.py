@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from einops import reduce, repeat
 from torch import nn
 
 from lens_oracle.config import ProjectorConfig
 from lens_oracle.errors import ActivationError, ArtifactError
-from lens_oracle.typing import Float, Int, Tensor
+from lens_oracle.typing import OracleVectors, SourceVectors, VectorLayers
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ PROJECTOR_WEIGHTS = "projector.safetensors"
 NO_LAYER = -1
 """Layer id of padding slots in a ``[batch, n_vec]`` layer tensor (projected to zeros)."""
 RMS_EPS = 1e-6
-
-SourceVectors = Float[Tensor, "batch n_vec d_source"]
-ProjectedVectors = Float[Tensor, "batch n_vec d_model"]
-VectorLayers = Int[Tensor, "batch n_vec"]
 
 
 def projector_config(
@@ -66,7 +63,7 @@ def _make_map(config: ProjectorConfig, d_model: int) -> nn.Module:
 
 
 class Projector(nn.Module):
-    """Maps ``[batch, n_vec, d_source]`` source vectors to the oracle's ``d_model``."""
+    """Maps ``[batch, n_vec, d_source]`` source vectors to the oracle's width ``d_oracle``."""
 
     def __init__(self, config: ProjectorConfig, d_model: int, *, seed: int = 0) -> None:
         """A freshly initialised projector (PyTorch's default init, seeded by ``seed`` without
@@ -79,11 +76,12 @@ class Projector(nn.Module):
             torch.manual_seed(seed)
             self.maps = nn.ModuleList(_make_map(config, d_model) for _ in range(n_maps))
 
-    def forward(self, vectors: SourceVectors, layers: VectorLayers) -> ProjectedVectors:
+    def forward(self, vectors: SourceVectors, layers: VectorLayers) -> OracleVectors:
         """Project each vector with the map of its source layer (``NO_LAYER`` slots give zeros)."""
         x = vectors.to(next(self.parameters()).dtype)
         if self.config.norm == "rms":
-            x = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + RMS_EPS)
+            mean_square = reduce(x.pow(2), "batch n_vec d_source -> batch n_vec 1", "mean")
+            x = x * torch.rsqrt(mean_square + RMS_EPS)
         if self.config.shared:
             return self.maps[0](x)
         out = x.new_zeros(*x.shape[:-1], self.d_model)
@@ -178,5 +176,5 @@ def vector_layers(tags: Sequence[int | Sequence[int]], counts: Sequence[int], wi
     for row, (tag, count) in enumerate(zip(tags, counts, strict=True)):
         layers = (tag,) if isinstance(tag, int) else tuple(tag)
         per = count // len(layers)
-        out[row, : per * len(layers)] = torch.tensor(layers).repeat_interleave(per)
+        out[row, : per * len(layers)] = repeat(torch.tensor(layers), "layer -> (layer per)", per=per)
     return out

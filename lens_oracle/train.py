@@ -37,13 +37,14 @@ from lens_oracle.data.mixture import pass_lengths, two_pass_batches
 from lens_oracle.errors import ArtifactError, ConfigError, DataError, TrainingError
 from lens_oracle.models import LoadedModel
 from lens_oracle.oracle import ActivationOracle, OracleBatch
+from lens_oracle.typing import ExampleVectors, Loss
 
 log = logging.getLogger(__name__)
 
 Batch = Sequence[OracleExample]
 EvalCallback = Callable[[int, ActivationOracle], dict[str, float] | None]
-VectorReader = Callable[[Batch], list[torch.Tensor]]
-"""Gives each example's ``[n_positions, d]`` activation vectors (no grad)."""
+VectorReader = Callable[[Batch], list[ExampleVectors]]
+"""Gives each example's ``[n_vec, d_model]`` activation vectors (no grad)."""
 
 
 @dataclass
@@ -61,7 +62,7 @@ class TrainResult:
 def target_reader(model: LoadedModel, site: Site = "resid_post") -> VectorReader:
     """Read the examples' vectors from ``model`` as it is, in one batched pass."""
 
-    def read(examples: Batch) -> list[torch.Tensor]:
+    def read(examples: Batch) -> list[ExampleVectors]:
         return read_vectors(
             model,
             [ex.context_ids for ex in examples],
@@ -76,7 +77,7 @@ def target_reader(model: LoadedModel, site: Site = "resid_post") -> VectorReader
 def self_reader(oracle: ActivationOracle) -> VectorReader:
     """Read the examples' vectors from the oracle's own base model, adapter switched off."""
 
-    def read(examples: Batch) -> list[torch.Tensor]:
+    def read(examples: Batch) -> list[ExampleVectors]:
         with oracle.adapter_disabled() as base:
             return target_reader(base, oracle.config.read_site)(examples)
 
@@ -93,7 +94,7 @@ def encode_examples(oracle: ActivationOracle, examples: Batch, reader: VectorRea
     )
 
 
-def batch_loss(oracle: ActivationOracle, examples: Batch, reader: VectorReader | None = None) -> torch.Tensor:
+def batch_loss(oracle: ActivationOracle, examples: Batch, reader: VectorReader | None = None) -> Loss:
     """Loss of one batch: :func:`encode_examples`, then the injected oracle pass."""
     return oracle.loss(encode_examples(oracle, examples, reader))
 
@@ -107,7 +108,7 @@ class Trainer:
         config: TrainConfig,
         *,
         on_eval: EvalCallback | None = None,
-        loss_fn: Callable[[ActivationOracle, Batch], torch.Tensor] | None = None,
+        loss_fn: Callable[[ActivationOracle, Batch], Loss] | None = None,
         reader: VectorReader | None = None,
     ) -> None:
         """``reader`` supplies the vectors (default: the oracle's own base model, adapter off);

@@ -192,7 +192,7 @@ def test_damaged_caches_are_refused(oracle, examples, tmp_path: Path) -> None:
 
 
 def test_a_failed_build_leaves_nothing_behind(oracle, examples, tmp_path: Path, monkeypatch) -> None:
-    import lens_oracle.activation_cache as module
+    import lens_oracle.activation_cache.building as module
 
     calls = []
 

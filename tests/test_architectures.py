@@ -233,7 +233,7 @@ def test_plain_bridged_generation_uses_the_kv_cache(family: str, tok: Any) -> No
     reference = build_model(family, tok).generate(ids, use_cache=True, **settings)
     model = load_model(build_model(family, tok), tok, trainable=False)
     assert torch.equal(model.hf_model.generate(ids, use_cache=True, **settings), reference)
-    from lens_oracle.models import route_kv_cache
+    from lens_oracle.bridge import route_kv_cache
 
     assert route_kv_cache(model.bridge) == 0, "every attention module was routed once, at load"
 

@@ -53,7 +53,7 @@ def _cache_ignoring_bridge(bridge: Any) -> int:
 def test_doctor_fails_when_attention_ignores_the_kv_cache(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("lens_oracle.models.route_kv_cache", _cache_ignoring_bridge)
+    monkeypatch.setattr("lens_oracle.bridge.route_kv_cache", _cache_ignoring_bridge)
     code, out, err = _run(capsys)
     assert code == 1
     assert "FAIL  cached_generation" in out and "differ from uncached greedy decoding" in out

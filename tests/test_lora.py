@@ -16,6 +16,7 @@ from arch_helpers import (
     randomize_lora,
 )
 
+from lens_oracle.bridge import boot_bridge
 from lens_oracle.config import AdapterConfig
 from lens_oracle.errors import ModelLoadError, TrainingError
 from lens_oracle.lora import (
@@ -25,7 +26,7 @@ from lens_oracle.lora import (
     resolve_target_modules,
     stores_weights_transposed,
 )
-from lens_oracle.models import LoadedModel, boot_bridge, load_model
+from lens_oracle.models import LoadedModel, load_model
 from lens_oracle.oracle import ActivationOracle
 
 ADAPTER = AdapterConfig(rank=4, alpha=8, dropout=0.0)

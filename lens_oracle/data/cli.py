@@ -306,7 +306,7 @@ def check_build_args(args: argparse.Namespace) -> BuildPlan:
 def _load_tokenizer(folder: Path | None) -> Any:
     if folder is None:
         return None
-    from lens_oracle.models import load_tokenizer
+    from lens_oracle.loading import load_tokenizer
 
     return load_tokenizer(folder)
 

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from jaxtyping import Float
-from torch import Tensor
+from einops import reduce
 
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.methods import NO_QUESTION, MethodContext, MethodOutput, question_labels
 from lens_oracle.evals.probe import pool_vectors, train_probe
 from lens_oracle.models import LoadedModel
 from lens_oracle.prompt import render_chat, stop_token_ids
+from lens_oracle.typing import Float, Tensor
 
 
 def _question_ids(tokenizer: Any, question: str) -> list[int]:
@@ -123,7 +123,7 @@ def logit_lens(ctx: MethodContext) -> MethodOutput:
     ids = [candidate_token_ids(model.tokenizer, c) for c in candidates]
     predictions = []
     for v in prep.vectors:
-        logprobs = lens_logprobs(model, v).mean(dim=0)
+        logprobs = reduce(lens_logprobs(model, v), "n_vec d_vocab -> d_vocab", "mean")
         if candidates:
             scores = [float(logprobs[i].max()) for i in ids]
             predictions.append(candidates[max(range(len(scores)), key=scores.__getitem__)])

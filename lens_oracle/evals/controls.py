@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.methods import MethodContext, MethodOutput, question_labels
 from lens_oracle.evals.metrics import normalize_answer, yes_no_probability
 from lens_oracle.oracle import ActivationOracle
+from lens_oracle.typing import ExampleVectors
 
 
 def shuffle_permutation(keys: Sequence[str], seed: int) -> tuple[list[int], int]:
@@ -49,7 +49,7 @@ def shuffle_permutation(keys: Sequence[str], seed: int) -> tuple[list[int], int]
     return perm, sum(keys[perm[i]] == keys[i] for i in range(n))
 
 
-def random_like(vectors: Sequence[Tensor], seed: int) -> list[Tensor]:
+def random_like(vectors: Sequence[ExampleVectors], seed: int) -> list[ExampleVectors]:
     """Seeded Gaussian vectors with each row rescaled to the norm of the matching original row."""
     generator = torch.Generator().manual_seed(seed)
     out = []
@@ -84,7 +84,7 @@ def yes_no_token_ids(tokenizer: Any) -> tuple[list[int], list[int]]:
 @torch.no_grad()
 def oracle_p_yes(
     oracle: ActivationOracle,
-    vectors: Sequence[Tensor],
+    vectors: Sequence[ExampleVectors],
     layer: int | tuple[int, ...],
     questions: Sequence[str],
     *,
@@ -106,7 +106,7 @@ def oracle_p_yes(
                 list(questions[chunk]),
                 padding_side="left",
             )
-            logits = oracle.logits(batch, inject=inject)[:, -1].float().cpu()
+            logits = oracle.logits(batch, inject=inject)[:, -1].float().cpu()  # the last position's
             out.extend(float(p) for p in yes_no_probability(logits, yes_ids, no_ids))
     finally:
         model.train(was_training)
@@ -114,7 +114,7 @@ def oracle_p_yes(
 
 
 def ask_oracle(
-    ctx: MethodContext, vectors: Sequence[Tensor], *, adapter: bool = True, inject: bool = True
+    ctx: MethodContext, vectors: Sequence[ExampleVectors], *, adapter: bool = True, inject: bool = True
 ) -> MethodOutput:
     """The oracle (or its base model) asked every paraphrase about ``vectors``."""
     prep, oracle = ctx.prepared, ctx.oracle

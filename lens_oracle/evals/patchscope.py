@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from einops import rearrange
 
 from lens_oracle.activations import capture_layers
 from lens_oracle.errors import EvalError
 from lens_oracle.models import LoadedModel
+from lens_oracle.typing import Float, Int, Residual, Tensor
 
 IDENTITY_PROMPT = "cat -> cat; 135 -> 135; hello -> hello; ? ->"
 SOURCE_PROMPT = "The next word is {word}"
@@ -139,7 +141,7 @@ def token_identity_patchscope(
     accuracy: dict[str, list[float]] = {c: [] for c in CONDITIONS}
     bar = tqdm(total=len(layers) * len(CONDITIONS), desc="patchscope", unit="run", disable=not progress)
     for layer in layers:
-        vectors = sources[layer].vectors[:, 0]
+        vectors = rearrange(sources[layer].vectors, "word 1 d_model -> word d_model")  # last token only
         for condition in CONDITIONS:
             patch = {"vector": vectors, "zero": torch.zeros_like(vectors), "shuffled": vectors[shuffled]}[condition]
             predicted = _patched_next_tokens(model, prompt_ids, slot, layer, patch, batch_size)
@@ -151,8 +153,13 @@ def token_identity_patchscope(
 
 @torch.no_grad()
 def _patched_next_tokens(
-    model: LoadedModel, prompt_ids: list[int], slot: int, layer: int, vectors: torch.Tensor, batch_size: int
-) -> torch.Tensor:
+    model: LoadedModel,
+    prompt_ids: list[int],
+    slot: int,
+    layer: int,
+    vectors: Float[Tensor, "word d_model"],
+    batch_size: int,
+) -> Int[Tensor, " word"]:
     """The next token after the identity prompt with ``vectors[i]`` replacing the residual at
     ``slot`` after block ``layer``, for each i (one batch row per vector)."""
     hook_name = model.hook_name(layer, "resid_post")
@@ -161,7 +168,7 @@ def _patched_next_tokens(
         chunk = vectors[start : start + batch_size].to(model.device)
         ids = torch.tensor([prompt_ids] * len(chunk), device=model.device)
 
-        def replace(resid: torch.Tensor, hook: object, chunk: torch.Tensor = chunk) -> torch.Tensor:
+        def replace(resid: Residual, hook: object, chunk: Float[Tensor, "batch d_model"] = chunk) -> Residual:
             resid = resid.clone()
             resid[:, slot] = chunk.to(resid.dtype)
             return resid

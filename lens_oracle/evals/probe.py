@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
-from torch import Tensor
+from einops import reduce
 
 from lens_oracle.errors import EvalError
+from lens_oracle.typing import ExampleVectors, Float, Int, PooledVectors, Tensor
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,11 @@ class LinearProbe:
         return self.logits(features).argmax(dim=-1)
 
 
-def pool_vectors(vectors: Sequence[Tensor]) -> Float[Tensor, "batch d_model"]:
+def pool_vectors(vectors: Sequence[ExampleVectors]) -> PooledVectors:
     """One feature row per example: the mean over its read positions."""
     if not vectors:
         raise EvalError("no vectors to pool; the probe needs at least one example")
-    return torch.stack([v.float().mean(dim=0) for v in vectors])
+    return torch.stack([reduce(v.float(), "n_vec d_model -> d_model", "mean") for v in vectors])
 
 
 def train_probe(
@@ -69,7 +69,7 @@ def train_probe(
         raise EvalError(f"probe labels must lie in [0, {n_classes}) with at least two classes")
     x = features.detach().float().cpu()
     y = labels.detach().long().cpu()
-    mean = x.mean(dim=0)
+    mean = reduce(x, "batch d_model -> d_model", "mean")
     std = x.std(dim=0, unbiased=False).clamp_min(1e-6)
     x = (x - mean) / std
     generator = torch.Generator().manual_seed(config.seed)

@@ -22,6 +22,7 @@ from lens_oracle.errors import EvalError, LensOracleError
 from lens_oracle.evals.tasks import EvalItem, EvalTask, TargetSpec
 from lens_oracle.models import LoadedModel, load_model, resolve_layers
 from lens_oracle.oracle import ActivationOracle
+from lens_oracle.typing import ExampleVectors
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class Prepared:
     items: tuple[EvalItem, ...]
     contexts: tuple[tuple[int, ...], ...]
     positions: tuple[tuple[int, ...], ...]
-    vectors: tuple[torch.Tensor, ...]
+    vectors: tuple[ExampleVectors, ...]
     """Item i's ``[len(positions[i]), d_model]`` float32 vectors (CPU); multi-layer tasks hold
     ``len(positions[i])`` vectors per read layer, layer by layer."""
     extra_layers: tuple[int, ...] = ()
@@ -158,12 +159,12 @@ def target_vectors(
     *,
     site: Site = "resid_post",
     batch_size: int = 16,
-) -> list[torch.Tensor]:
+) -> list[ExampleVectors]:
     """Vectors at ``positions`` of ``layer`` (or of each layer of a tuple, layer by layer): the
     target's, or target minus base when diffing."""
 
-    def read(model: LoadedModel) -> list[torch.Tensor]:
-        out: list[torch.Tensor] = []
+    def read(model: LoadedModel) -> list[ExampleVectors]:
+        out: list[ExampleVectors] = []
         with model.adapter_disabled():
             for start in range(0, len(contexts), batch_size):
                 chunk = slice(start, start + batch_size)

@@ -26,13 +26,12 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
+from lens_oracle.config import TrainConfig
 from lens_oracle.data.layers import layers_from_fractions
 from lens_oracle.errors import ConfigError
 from lens_oracle.evals.metrics import Score
@@ -41,13 +40,15 @@ from lens_oracle.evals.runner import run_tasks
 from lens_oracle.evals.tasks import TargetSpec
 from lens_oracle.io import atomic_write_json
 from lens_oracle.oracle import ActivationOracle
+from lens_oracle.runner import train_oracle
 from lens_oracle.toy import audit
+from lens_oracle.toy.demo_records import METHODS, DemoConfig, DemoResult, demo_config
+from lens_oracle.toy.demo_report import write_outputs
 from lens_oracle.toy.language import make_world
 from lens_oracle.toy.model import digest, load_or_pretrain, read_stamp
-from lens_oracle.toy.oracle_data import ORACLE_WORDS, ToyMixtureConfig, build_toy_mixture
+from lens_oracle.toy.oracle_data import ORACLE_WORDS, build_toy_mixture
 from lens_oracle.toy.organisms import Organism, build_organisms
 from lens_oracle.toy.tokenizer import cache_root, load_tokenizer
-from lens_oracle.runner import train_oracle
 
 log = logging.getLogger(__name__)
 
@@ -56,85 +57,8 @@ FORMAT_VERSION = 2
 ORACLE_STAMP = "toy_oracle.stamp.json"
 MIXTURE_SAMPLE = 240
 """Examples of the mixture sample hashed into the oracle's stamp (:func:`mixture_digest`)."""
-METHODS: tuple[str, ...] = (
-    "oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "black_box", "logit_lens",
-)
-"""The demo's methods: the trained oracle, then its controls and baselines."""
 MAX_SEED = 2**31 - 1
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Everything that shapes the demo's oracle and its evaluation (not the cached models)."""
-
-    quick: bool
-    """Quick mode: the small base model, fewer organism items, a smaller mixture."""
-    mixture: ToyMixtureConfig
-    adapter: AdapterConfig
-    injection: InjectionConfig
-    learning_rate: float
-    batch_size: int = 16
-    epochs: int = 1
-    read_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
-    """Depths the mixture reads (AO: 25, 50, 75%); audits read at 50%."""
-    n_resamples: int = 1000
-    """Bootstrap resamples of the confidence intervals."""
-    threads: int = 2
-    """Torch CPU threads for every stage. Float sums depend on the thread count, and a toy
-    model's training can land differently with another order, so the demo pins it: the same
-    seed gives the same table on any number of cores (of one CPU family)."""
-
-    def __post_init__(self) -> None:
-        if self.threads < 1 or self.batch_size < 1 or self.epochs < 1:
-            raise ConfigError(
-                f"threads, batch_size and epochs must be at least 1, got {self.threads}, "
-                f"{self.batch_size}, {self.epochs}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values (for stamps and ``results.json``)."""
-        data = dataclasses.asdict(self)
-        data["mixture"] = self.mixture.to_dict()
-        return json.loads(json.dumps(data))
-
-
-def demo_config(quick: bool, seed: int = 0) -> DemoConfig:
-    """The quick (CI, under two minutes) or full (under ten) demo settings for ``seed``."""
-    mixture = ToyMixtureConfig(total=16000 if quick else 64000, seed=seed)
-    return DemoConfig(
-        quick=quick,
-        mixture=mixture,
-        adapter=AdapterConfig(rank=16, alpha=32, dropout=0.0),
-        injection=InjectionConfig(layer=1),
-        learning_rate=3e-3 if quick else 2e-3,
-    )
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    """The demo's table and everything needed to write and check it."""
-
-    seed: int
-    config: DemoConfig
-    organisms: tuple[Organism, ...]
-    scores: dict[str, dict[str, Score]]
-    """Organism kind -> method -> pooled score over the audit items of that kind's organisms."""
-    base_control: dict[str, Score]
-    """Organism kind -> the oracle's score when it reads the base model on the same prompts."""
-    report: EvalReport
-    """Every task, method and prediction (the organisms', then the base-model control's)."""
-    timings: dict[str, Any] = field(default_factory=dict)
-    """Seconds per stage and which artifacts came from the cache (kept out of results.json)."""
-
-    def chance(self, kind: str) -> float:
-        return next(o.chance for o in self.organisms if o.kind == kind)
-
-    def margin(self, kind: str) -> tuple[str, float]:
-        """The strongest control or baseline on ``kind`` and the oracle's lead over it."""
-        controls = {m: s.mean for m, s in self.scores[kind].items() if m != "oracle"}
-        best = max(controls, key=lambda m: (controls[m], -METHODS.index(m)))
-        return best, self.scores[kind]["oracle"].mean - controls[best]
 
 
 def check_arguments(out: str | os.PathLike[str], seed: int, cache: str | os.PathLike[str]) -> None:
@@ -269,8 +193,6 @@ def run_demo(
 
     ``cache`` defaults to the toy cache root; ``config`` to :func:`demo_config`.
     """
-    from lens_oracle.toy.demo_report import write_outputs
-
     cache = Path(cache) if cache is not None else cache_root()
     check_arguments(out, seed, cache)
     config = config or demo_config(quick, seed)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lens_oracle.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-
-if TYPE_CHECKING:
-    from lens_oracle.toy.demo import DemoResult
+from lens_oracle.toy.demo_records import DemoResult
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ from lens_oracle.evals.tasks import EvalItem
 from lens_oracle.models import LoadedModel
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.presets import ATTENTION_MODULES, MetaModelsPreset, meta_models
+from lens_oracle.runner import train_oracle
 from lens_oracle.toy.lies import (
     LIE_QUESTION,
     TASKS,
@@ -50,7 +51,6 @@ from lens_oracle.toy.lies import (
     text_p_yes,
     training_rows,
 )
-from lens_oracle.runner import train_oracle
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,94 @@
+"""The demo's records: its settings (:class:`DemoConfig`, :func:`demo_config`) and its result
+(:class:`DemoResult`), shared by the pipeline (:mod:`lens_oracle.toy.demo`) and the writers of its
+outputs (:mod:`lens_oracle.toy.demo_report`), which import them from here and not each other."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from lens_oracle.config import AdapterConfig, InjectionConfig
+from lens_oracle.errors import ConfigError
+from lens_oracle.evals.metrics import Score
+from lens_oracle.evals.report import EvalReport
+from lens_oracle.toy.oracle_data import ToyMixtureConfig
+from lens_oracle.toy.organisms import Organism
+
+METHODS: tuple[str, ...] = (
+    "oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "black_box", "logit_lens",
+)
+"""The demo's methods: the trained oracle, then its controls and baselines."""
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Everything that shapes the demo's oracle and its evaluation (not the cached models)."""
+
+    quick: bool
+    """Quick mode: the small base model, fewer organism items, a smaller mixture."""
+    mixture: ToyMixtureConfig
+    adapter: AdapterConfig
+    injection: InjectionConfig
+    learning_rate: float
+    batch_size: int = 16
+    epochs: int = 1
+    read_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    """Depths the mixture reads (AO: 25, 50, 75%); audits read at 50%."""
+    n_resamples: int = 1000
+    """Bootstrap resamples of the confidence intervals."""
+    threads: int = 2
+    """Torch CPU threads for every stage. Float sums depend on the thread count, and a toy
+    model's training can land differently with another order, so the demo pins it: the same
+    seed gives the same table on any number of cores (of one CPU family)."""
+
+    def __post_init__(self) -> None:
+        if self.threads < 1 or self.batch_size < 1 or self.epochs < 1:
+            raise ConfigError(
+                f"threads, batch_size and epochs must be at least 1, got {self.threads}, "
+                f"{self.batch_size}, {self.epochs}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (for stamps and ``results.json``)."""
+        data = dataclasses.asdict(self)
+        data["mixture"] = self.mixture.to_dict()
+        return json.loads(json.dumps(data))
+
+
+def demo_config(quick: bool, seed: int = 0) -> DemoConfig:
+    """The quick (CI, under two minutes) or full (under ten) demo settings for ``seed``."""
+    mixture = ToyMixtureConfig(total=16000 if quick else 64000, seed=seed)
+    return DemoConfig(
+        quick=quick,
+        mixture=mixture,
+        adapter=AdapterConfig(rank=16, alpha=32, dropout=0.0),
+        injection=InjectionConfig(layer=1),
+        learning_rate=3e-3 if quick else 2e-3,
+    )
+
+
+@dataclass(frozen=True)
+class DemoResult:
+    """The demo's table and everything needed to write and check it."""
+
+    seed: int
+    config: DemoConfig
+    organisms: tuple[Organism, ...]
+    scores: dict[str, dict[str, Score]]
+    """Organism kind -> method -> pooled score over the audit items of that kind's organisms."""
+    base_control: dict[str, Score]
+    """Organism kind -> the oracle's score when it reads the base model on the same prompts."""
+    report: EvalReport
+    """Every task, method and prediction (the organisms', then the base-model control's)."""
+    timings: dict[str, Any] = field(default_factory=dict)
+    """Seconds per stage and which artifacts came from the cache (kept out of results.json)."""
+
+    def chance(self, kind: str) -> float:
+        return next(o.chance for o in self.organisms if o.kind == kind)
+
+    def margin(self, kind: str) -> tuple[str, float]:
+        """The strongest control or baseline on ``kind`` and the oracle's lead over it."""
+        controls = {m: s.mean for m, s in self.scores[kind].items() if m != "oracle"}
+        best = max(controls, key=lambda m: (controls[m], -METHODS.index(m)))
+        return best, self.scores[kind]["oracle"].mean - controls[best]
