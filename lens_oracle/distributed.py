@@ -81,6 +81,7 @@ from typing import Literal, TypeVar
 
 import torch
 import torch.distributed as dist
+from einops import pack, unpack
 
 from lens_oracle.config import TrainConfig
 from lens_oracle.errors import ConfigError, DataError, TrainingError
@@ -293,22 +294,17 @@ def all_reduce_gradients(params: Sequence[torch.nn.Parameter], context: Distribu
     device = context.comm_device
     total = extra
     for index, bucket in enumerate(_buckets(params)):
-        parts = [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).float().to(device)
-            for p in bucket
-        ]
+        grads = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().to(device) for p in bucket]
         flags = [float(p.grad is not None) for p in bucket] + ([extra] if index == 0 else [])
-        flat = torch.cat([*parts, torch.tensor(flags, dtype=torch.float32, device=device)])
+        # one buffer per bucket: every gradient flattened, then the flags (and the extra value)
+        flat, shapes = pack([*grads, torch.tensor(flags, dtype=torch.float32, device=device)], "*")
         dist.all_reduce(flat)
-        n_values = sum(part.numel() for part in parts)
-        seen = flat[n_values : n_values + len(bucket)].tolist()
+        *summed, flags_summed = unpack(flat, shapes, "*")
+        seen = flags_summed[: len(bucket)].tolist()
         if index == 0:
-            total = float(flat[n_values + len(bucket)])
-        start = 0
-        for param, has_grad in zip(bucket, seen, strict=True):
-            summed = flat[start : start + param.numel()].view_as(param)
-            start += param.numel()
-            param.grad = summed.to(param.device, param.dtype).clone() if has_grad > 0 else None
+            total = float(flags_summed[len(bucket)])
+        for param, grad, has_grad in zip(bucket, summed, seen, strict=True):
+            param.grad = grad.to(param.device, param.dtype).clone() if has_grad > 0 else None
     return total
 
 
