@@ -25,6 +25,14 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument("--seed", type=int, default=0, help="world, training and evaluation seed")
     parser.add_argument(
+        "--seeds", default=None, metavar="S,S,...",
+        help="a sweep: one whole demo per seed (and per --threads), summarised in sweep.json / sweep.md",
+    )
+    parser.add_argument(
+        "--threads", default=None, metavar="N,N,...",
+        help="with --seeds: torch CPU thread counts to run each seed with (float orders; default 2)",
+    )
+    parser.add_argument(
         "--cache", type=Path, default=None,
         help="artifact cache (default: $LENS_ORACLE_CACHE or ~/.cache/lens_oracle)",
     )
@@ -42,6 +50,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # one bar per tiny checkpoint load is noise; ours stay
     if not args.no_progress:
         logging.getLogger("lens_oracle.toy").setLevel(logging.INFO)
+    if args.seeds is not None or args.threads is not None:
+        return _run_sweep_command(args)
     result = run_demo(
         args.out, quick=args.quick, seed=args.seed, cache=args.cache, progress=not args.no_progress
     )
@@ -51,5 +61,17 @@ def run_demo_command(args: argparse.Namespace) -> int:
         f"{k} {times[k]:.0f} s" for k in ("base_model", "organisms", "oracle", "evaluation")
     )
     print(f"took {times['total']:.0f} s ({stages}); wrote {args.out}/results.json and demo.png")
+    sys.stdout.flush()
+    return 0
+
+
+def _run_sweep_command(args: argparse.Namespace) -> int:
+    from lens_oracle.toy.sweep import parse_ints, run_sweep, sweep_markdown
+
+    seeds = parse_ints(args.seeds, "--seeds") if args.seeds is not None else (args.seed,)
+    threads = parse_ints(args.threads, "--threads") if args.threads is not None else (2,)
+    data = run_sweep(args.out, seeds, threads, quick=args.quick, cache=args.cache, progress=not args.no_progress)
+    print(sweep_markdown(data))
+    print(f"wrote {args.out}/sweep.json, sweep.md and one folder per run")
     sys.stdout.flush()
     return 0

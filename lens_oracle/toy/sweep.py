@@ -1,0 +1,172 @@
+"""``lens-oracle demo --seeds 0,1,2 --threads 1,2``: the demo's claim measured over seeds and float
+orders, not one run.
+
+Each (seed, threads) run is a whole demo (:func:`~lens_oracle.toy.demo.run_demo`) with its own world,
+base model, organisms and oracle. Thread counts get separate artifact caches (``<cache>/threads-N``):
+float sums depend on the thread count, so a base model pretrained with two threads is not reused by a
+one-thread run. The summary gives, per organism kind, the oracle's mean, min and max over the runs,
+the same for the strongest control of each run (every control and baseline of the demo, and the
+oracle reading the base model), the mean margin, and in how many runs the oracle beat every control.
+
+Written to ``--out``: one folder per run (the demo's usual outputs), ``sweep.json`` (deterministic:
+the same seeds and threads give the same bytes) and ``sweep.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lens_oracle.errors import ConfigError
+from lens_oracle.io import atomic_write_text
+from lens_oracle.toy.demo import check_arguments, run_demo
+from lens_oracle.toy.demo_records import DemoResult, demo_config
+from lens_oracle.toy.demo_report import SHORT_NAMES
+from lens_oracle.toy.tokenizer import cache_root
+
+SWEEP_VERSION = 1
+BASE_CONTROL = "oracle_on_base"
+"""The control of the oracle reading the base model on the same prompts."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One (seed, threads) run, per organism kind."""
+
+    seed: int
+    threads: int
+    oracle: dict[str, float]
+    best_control: dict[str, tuple[str, float]]
+    """Kind -> (the strongest control's name, its score)."""
+
+    def margin(self, kind: str) -> float:
+        return self.oracle[kind] - self.best_control[kind][1]
+
+
+def summarise_run(result: DemoResult, threads: int) -> RunSummary:
+    """The oracle's score and the strongest control per kind (every demo control and baseline,
+    and the oracle reading the base model)."""
+    oracle, best = {}, {}
+    for kind, scores in result.scores.items():
+        controls = {m: s.mean for m, s in scores.items() if m != "oracle"}
+        controls[BASE_CONTROL] = result.base_control[kind].mean
+        name = max(sorted(controls), key=lambda m: controls[m])
+        oracle[kind] = scores["oracle"].mean
+        best[kind] = (name, controls[name])
+    return RunSummary(result.seed, threads, oracle, best)
+
+
+def sweep_dict(runs: Sequence[RunSummary], quick: bool) -> dict[str, Any]:
+    """Per kind: the oracle's and the best control's mean / min / max over the runs, the mean
+    margin, and the number of runs where the oracle beat every control; then every run."""
+    kinds = list(runs[0].oracle)
+    summary = {}
+    for kind in kinds:
+        oracle = [r.oracle[kind] for r in runs]
+        control = [r.best_control[kind][1] for r in runs]
+        margins = [r.margin(kind) for r in runs]
+        summary[kind] = {
+            "oracle": _spread(oracle),
+            "best_control": _spread(control),
+            "margin_mean": round(statistics.fmean(margins), 6),
+            "oracle_beats_every_control": sum(m > 0 for m in margins),
+            "runs": len(runs),
+        }
+    return {
+        "version": SWEEP_VERSION,
+        "mode": "quick" if quick else "full",
+        "seeds": sorted({r.seed for r in runs}),
+        "threads": sorted({r.threads for r in runs}),
+        "summary": summary,
+        "runs": [
+            {
+                "seed": r.seed, "threads": r.threads,
+                "oracle": {k: round(v, 6) for k, v in r.oracle.items()},
+                "best_control": {k: [name, round(v, 6)] for k, (name, v) in r.best_control.items()},
+            }
+            for r in runs
+        ],
+    }
+
+
+def _spread(values: Sequence[float]) -> dict[str, float]:
+    return {
+        "mean": round(statistics.fmean(values), 6), "min": round(min(values), 6), "max": round(max(values), 6)
+    }
+
+
+def sweep_markdown(data: dict[str, Any]) -> str:
+    """The summary table, then one line per run."""
+    lines = [
+        f"# lens-oracle demo sweep ({data['mode']}; seeds {data['seeds']}, threads {data['threads']})",
+        "",
+        "| organism | oracle mean [min, max] | best control mean [min, max] | mean margin | oracle beats every control |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, row in data["summary"].items():
+        o, c = row["oracle"], row["best_control"]
+        lines.append(
+            f"| {kind} | {o['mean']:.2f} [{o['min']:.2f}, {o['max']:.2f}] | {c['mean']:.2f} "
+            f"[{c['min']:.2f}, {c['max']:.2f}] | {row['margin_mean']:+.2f} | "
+            f"{row['oracle_beats_every_control']} of {row['runs']} |"
+        )
+    lines += ["", "| seed | threads | " + " | ".join(data["summary"]) + " |", "|---|---|" + "---|" * len(data["summary"])]
+    for run in data["runs"]:
+        cells = [
+            f"{run['oracle'][k]:.2f} vs {run['best_control'][k][1]:.2f} "
+            f"({SHORT_NAMES.get(run['best_control'][k][0], run['best_control'][k][0])})"
+            for k in data["summary"]
+        ]
+        lines.append(f"| {run['seed']} | {run['threads']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; :class:`ConfigError` on anything else."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers such as 0,1,2; got {text!r}") from None
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{what} {text!r} names a value twice")
+    return values
+
+
+def run_sweep(
+    out: str | os.PathLike[str],
+    seeds: Sequence[int],
+    threads: Sequence[int],
+    *,
+    quick: bool = False,
+    cache: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run the demo for every seed and thread count and write the summary (see the module)."""
+    out = Path(out)
+    root = Path(cache) if cache is not None else cache_root()
+    if not seeds or not threads:
+        raise ConfigError("give at least one seed and one thread count")
+    for n in threads:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= (os.cpu_count() or 1) * 4:
+            raise ConfigError(f"thread count {n!r} is not a positive integer this machine can run")
+    for seed in seeds:
+        check_arguments(out, seed, root)
+    runs = []
+    for seed in seeds:
+        for n in threads:
+            config = dataclasses.replace(demo_config(quick, seed), threads=n)
+            result = run_demo(
+                out / f"seed{seed}-threads{n}", quick=quick, seed=seed, cache=root / f"threads-{n}",
+                progress=progress, config=config,
+            )
+            runs.append(summarise_run(result, n))
+    data = sweep_dict(runs, quick)
+    atomic_write_text(out / "sweep.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "sweep.md", sweep_markdown(data))
+    return data
