@@ -239,6 +239,10 @@ class OracleConfig(_Record):
     projector: ProjectorConfig | None = None
     """Cross-model oracles: the projector from the source model's width (``None``: the oracle
     reads its own base model's activations)."""
+    read_layers: tuple[int, ...] = ()
+    """Layers the oracle was trained to read together, as one multi-layer query in this order,
+    where its training fixed them (the AO authors' multi-layer adapters); empty: any layer.
+    :meth:`~lens_oracle.oracle.ActivationOracle.capture_layers` reads these by default."""
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -247,6 +251,14 @@ class OracleConfig(_Record):
         _check_choice("read site", self.read_site, Site)
         if self.d_model < 1 or self.n_layers < 1:
             raise ConfigError(f"d_model and n_layers must be positive, got {self.d_model} and {self.n_layers}")
+        source_layers = self.n_layers if self.projector is None else self.projector.source_n_layers
+        if len(set(self.read_layers)) != len(self.read_layers) or not all(
+            0 <= layer < source_layers for layer in self.read_layers
+        ):
+            raise ConfigError(
+                f"read_layers {list(self.read_layers)} must be distinct blocks of the read model "
+                f"(0..{source_layers - 1})"
+            )
         if self.injection.layer >= self.n_layers:
             raise ConfigError(
                 f"injection layer {self.injection.layer} does not exist in a model with "

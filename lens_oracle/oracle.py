@@ -20,7 +20,14 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from lens_oracle.activations import Activations, LastToken, Positions, Prompt, capture
+from lens_oracle.activations import (
+    Activations,
+    LastToken,
+    Positions,
+    Prompt,
+    capture,
+    capture_layers,
+)
 from lens_oracle.asking import Asking
 from lens_oracle.bridge import clean_key
 from lens_oracle.config import (
@@ -41,7 +48,7 @@ from lens_oracle.inject import (
 )
 from lens_oracle.io import atomic_folder, atomic_write_json, check_replaceable
 from lens_oracle.loading import ModelSource, load_hf_model, model_architecture
-from lens_oracle.models import LoadedModel, load_model
+from lens_oracle.models import LoadedModel, load_model, resolve_layers
 from lens_oracle.projector import PROJECTOR_WEIGHTS, Projector, vector_layers
 from lens_oracle.prompt import (
     IGNORE_INDEX,
@@ -50,6 +57,7 @@ from lens_oracle.prompt import (
     layer_groups,
     placeholder_id,
 )
+from lens_oracle.published import read_sidecar
 from lens_oracle.typing import ExampleVectors, Logits, Loss
 
 log = logging.getLogger(__name__)
@@ -134,19 +142,27 @@ class ActivationOracle(Asking):
         """Load a saved oracle (ours, or a plain PEFT adapter such as the published AO ones).
 
         ``source`` overrides the base model recorded in the folder (e.g. a local copy of it).
-        A folder without ``oracle_config.json`` is read as an AO adapter with the AO preset.
+        A folder without ``oracle_config.json`` is read as an AO adapter with the AO preset; a
+        multi-layer sidecar beside it (``ao_config.json`` / ``mlao_config.json``,
+        :mod:`lens_oracle.published`) gives its read layers and placeholder.
         """
         folder = Path(folder)
         config = read_oracle_folder(folder)
         if config is None:
-            base = _adapter_base_model(folder)
+            sidecar = read_sidecar(folder)
+            base = _adapter_base_model(folder) or (sidecar.model_name if sidecar else None)
             if source is None and base is None:
                 raise ArtifactError(f"{folder} names no base model; pass source=... to load it")
             model = load_model(source or base, tokenizer, adapter_path=folder, trainable=trainable, dtype=dtype, device=device)
-            config = OracleConfig(
-                base_model=model.name, architecture=model.architecture,
-                d_model=model.d_model, n_layers=model.n_layers,
-            )
+            try:
+                config = OracleConfig(
+                    base_model=model.name, architecture=model.architecture,
+                    d_model=model.d_model, n_layers=model.n_layers,
+                    prompt=PromptConfig(placeholder=sidecar.placeholder) if sidecar else PromptConfig(),
+                    read_layers=sidecar.act_layers if sidecar else (),
+                )
+            except ConfigError as exc:
+                raise ArtifactError(f"{sidecar.path if sidecar else folder} does not fit {model.name!r}: {exc}") from None
             return cls(model, config)
         source = source if source is not None else config.base_model
         hf_model = load_hf_model(source, dtype=dtype)
@@ -217,6 +233,33 @@ class ActivationOracle(Asking):
             )
         with self.adapter_disabled() as base:
             return capture(base, prompts, layer, site=site, positions=positions, batch_size=batch_size)
+
+    def capture_layers(
+        self,
+        prompts: Sequence[Prompt] | str,
+        layers: Sequence[int] | None = None,
+        *,
+        positions: Positions = LastToken(),
+        batch_size: int = 16,
+    ) -> list[Activations]:
+        """A multi-layer query's activations from the oracle's own base model (adapter off), one
+        record per layer in order, ready for :meth:`ask` / :meth:`ask_batch`. ``layers`` defaults
+        to the layers the oracle was trained to read together (``config.read_layers``)."""
+        layers = self.config.read_layers if layers is None else tuple(layers)
+        if not layers:
+            raise ConfigError("this oracle records no read layers; pass layers=[...]")
+        if self.projector is not None:
+            raise ActivationError(
+                f"this oracle reads {self.projector.config.source_model!r} through its projector: "
+                "capture with lens_oracle.capture_layers(source_model, ...)"
+            )
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        with self.adapter_disabled() as base:
+            found = capture_layers(
+                base, prompts, list(layers), site=self.config.read_site, positions=positions, batch_size=batch_size
+            )
+        return [found[layer] for layer in resolve_layers(self.model, list(layers))]
 
     # ------------------------------------------------------------ parameters
 
