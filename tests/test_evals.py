@@ -438,3 +438,43 @@ def test_task_files_carry_sampling_settings() -> None:
     for bad in ({"samples": -1}, {"samples": True}, {"sample_score": "best"}):
         with pytest.raises(EvalError):
             tasks_from_json(json.dumps({"tasks": [{**base, **bad}]}))
+
+
+def test_each_position_asked_alone_is_scored_over_its_positions(oracle, task) -> None:
+    """granularity='each' (AO's token-level probe): one query per read position, the item's
+    per-position answers scored by sample_score; with one position it equals the joint reading."""
+    from dataclasses import replace
+
+    from lens_oracle import capture
+    from lens_oracle.evals.scoring import score_answer
+
+    small = replace(task, items=task.items[:12], questions=QUESTIONS[:1])
+    joint = run_task(oracle, small, methods=["oracle"], seed=0, n_resamples=50).results[0]
+    each = run_task(oracle, replace(small, granularity="each"), methods=["oracle"], seed=0, n_resamples=50).results[0]
+    assert each.item_scores == joint.item_scores and each.predictions == joint.predictions
+    assert each.positions == "each:per_item" and joint.positions == "per_item"
+
+    two = replace(small, items=tuple(replace(i, positions=Indices((i.positions.indices[0] - 1, i.positions.indices[0])))
+                                     for i in small.items), granularity="each")
+    result = run_task(oracle, two, methods=["oracle", "logit_lens"], seed=0, n_resamples=50)
+    by_method = {r.method: r for r in result.results}
+    assert by_method["oracle"].extras["answers"] == (
+        "one greedy answer per read position, each position asked alone, scored by mean"
+    )
+    assert by_method["logit_lens"].extras["answers"].startswith("greedy, every position read at once")
+    with oracle.adapter_disabled() as base:
+        read = [capture(base, [list(i.context)], READ_LAYER, positions=i.positions).example(0) for i in two.items]
+    singles = [v[k : k + 1] for v in read for k in range(2)]
+    answers = oracle.ask_batch(singles, [QUESTIONS[0]] * len(singles), layers=[READ_LAYER] * len(singles), max_new_tokens=3)
+    expected = [
+        (score_answer("exact", answers[2 * n], item.references) + score_answer("exact", answers[2 * n + 1], item.references)) / 2
+        for n, item in enumerate(two.items)
+    ]
+    assert list(by_method["oracle"].item_scores) == pytest.approx(expected)
+    with pytest.raises(EvalError, match="granularity 'each' asks one position at a time"):
+        replace(two, extra_layers=(1,))
+    from lens_oracle.evals.taskfile import tasks_from_json, tasks_to_json
+
+    assert tasks_from_json(tasks_to_json([two])) == (two,)
+    with pytest.raises(EvalError, match="granularity must be one of"):  # a task file's typo
+        tasks_from_json(tasks_to_json([two]).replace('"each"', '"tokens"'))

@@ -81,8 +81,9 @@ class MethodOutput:
     p_yes: tuple[tuple[float, ...], ...] = ()
     extras: dict[str, Any] = field(default_factory=dict)
     samples: tuple[tuple[tuple[str, ...], ...], ...] = ()
-    """Sampled answers ``[paraphrase][item][sample]`` (tasks with ``samples``; ``predictions``
-    then holds each item's most common sample)."""
+    """Each item's answers ``[paraphrase][item][answer]`` when it has several: sampled ones (tasks
+    with ``samples``) and/or one per read position (``granularity="each"``); ``predictions`` then
+    holds each item's most common answer."""
 
 
 def unavailable_reason(method: str, task: EvalTask) -> str | None:

@@ -71,10 +71,10 @@ def check_methods(methods: Sequence[str]) -> tuple[str, ...]:
 
 
 def positions_label(task: EvalTask) -> str:
-    """``per_item`` when items carry their own positions, else the task's policy."""
-    if any(item.positions is not None for item in task.items):
-        return "per_item"
-    return describe_positions(task.positions)
+    """``per_item`` when items carry their own positions, else the task's policy; ``each:``
+    in front when every position is asked alone."""
+    label = "per_item" if any(item.positions is not None for item in task.items) else describe_positions(task.positions)
+    return f"each:{label}" if task.granularity == "each" else label
 
 
 def _calibration(p_yes: Sequence[Sequence[float]], items: Sequence[EvalItem]) -> dict[str, Any]:
@@ -106,6 +106,18 @@ def sample_score(how: str, answers: Sequence[str], score: Callable[[str], float]
     raise EvalError(f"unknown sample score {how!r}; choose any, majority or mean")
 
 
+def _answers_note(task: EvalTask, *, sampled: bool) -> str:
+    """How a method's answers were drawn and made one score per item (recorded in extras)."""
+    if not sampled:
+        if task.granularity == "each":
+            return "greedy, every position read at once (this method does not ask per position)"
+        return "greedy (this method does not sample)"
+    drawn = f"{task.samples} samples" if task.samples else "one greedy answer"
+    if task.granularity == "each":
+        return f"{drawn} per read position, each position asked alone, scored by {task.sample_score}"
+    return f"{drawn} per item (temperature 0.7, top-p 0.9), scored by {task.sample_score}"
+
+
 def score_output(
     method: str, out: MethodOutput, prepared: Prepared, *, seed: int = 0, n_resamples: int = 1000
 ) -> EvalResult:
@@ -132,11 +144,8 @@ def score_output(
     }
     if prepared.extra_layers:
         extras["read_layers"] = [prepared.layer, *prepared.extra_layers]
-    if task.samples:
-        extras["answers"] = (
-            f"{task.samples} samples per item (temperature 0.7, top-p 0.9), scored by {task.sample_score}"
-            if out.samples else "greedy (this method does not sample)"
-        )
+    if task.samples or task.granularity == "each":
+        extras["answers"] = _answers_note(task, sampled=bool(out.samples))
     if out.p_yes:
         extras["calibration"] = _calibration(out.p_yes, items)
     return EvalResult(

@@ -39,6 +39,7 @@ from typing import Any, get_args
 from lens_oracle.config import Site
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.tasks import (
+    GRANULARITIES,
     SAMPLE_SCORES,
     SCORERS,
     EvalItem,
@@ -68,6 +69,7 @@ _TASK_KEYS = {
     "extra_layers",
     "samples",
     "sample_score",
+    "granularity",
 }
 
 
@@ -139,7 +141,9 @@ def _scalars(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise EvalError(f"{where}.samples must be 0 (greedy) or a positive integer, got {data['samples']!r}")
     if "sample_score" in data and data["sample_score"] not in SAMPLE_SCORES:
         raise EvalError(f"{where}.sample_score must be one of {list(SAMPLE_SCORES)}, got {data['sample_score']!r}")
-    for key in ("layer", "site", "scorer", "max_new_tokens", "samples", "sample_score"):
+    if "granularity" in data and data["granularity"] not in GRANULARITIES:
+        raise EvalError(f"{where}.granularity must be one of {list(GRANULARITIES)}, got {data['granularity']!r}")
+    for key in ("layer", "site", "scorer", "max_new_tokens", "samples", "sample_score", "granularity"):
         if key in data:
             out[key] = data[key]
     if extra:

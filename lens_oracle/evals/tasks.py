@@ -33,6 +33,11 @@ SampleScore = Literal["any", "majority", "mean"]
 """How sampled answers make one item score: the best sample, the most common answer's score,
 or the mean over samples."""
 SAMPLE_SCORES: tuple[str, ...] = get_args(SampleScore)
+Granularity = Literal["joint", "each"]
+"""How the oracle reads an item's positions: all in one query (``joint``: AO's segment and
+full-sequence probes), or each position in a query of its own (``each``: AO's token-level probe),
+the per-position answers then scored like samples, by ``sample_score``."""
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 """How a predicted answer is scored against the references (see :mod:`.scoring`)."""
 SCORERS: tuple[str, ...] = get_args(Scorer)
 
@@ -203,6 +208,9 @@ class EvalTask:
     open-ended protocol: temperature 0.7, top-p 0.9; seeded by the run's seed), scored by
     ``sample_score``; the black box and the logit lens stay greedy."""
     sample_score: SampleScore = "mean"
+    granularity: Granularity = "joint"
+    """``joint``: one query reads every position; ``each``: one query per read position (with
+    ``samples``, each position is sampled that many times), scored by ``sample_score``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -237,6 +245,13 @@ class EvalTask:
             raise EvalError(f"{where}: samples must be 0 (greedy) or a positive number of samples")
         if self.sample_score not in SAMPLE_SCORES:
             raise EvalError(f"{where}: sample_score must be one of {list(SAMPLE_SCORES)}, got {self.sample_score!r}")
+        if self.granularity not in GRANULARITIES:
+            raise EvalError(f"{where}: granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}")
+        if self.granularity == "each" and self.extra_layers:
+            raise EvalError(
+                f"{where}: granularity 'each' asks one position at a time; a multi-layer task "
+                "(extra_layers) reads every position at several layers: use granularity 'joint'"
+            )
         if isinstance(self.extra_layers, list):
             object.__setattr__(self, "extra_layers", tuple(self.extra_layers))
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in self.extra_layers):
@@ -264,12 +279,16 @@ class EvalTask:
     def questions_for(self, item: EvalItem) -> tuple[str, ...]:
         return item.questions or self.questions
 
-    def variant(self, *, layer: int | None = None, positions: Positions | None = None) -> EvalTask:
-        """The same task at another read layer and/or position policy.
+    def variant(
+        self, *, layer: int | None = None, positions: Positions | None = None, granularity: Granularity | None = None
+    ) -> EvalTask:
+        """The same task at another read layer, position policy and/or granularity.
 
         A new ``positions`` policy applies to every item: per-item positions are dropped.
         """
         task = self if layer is None else replace(self, layer=layer)
+        if granularity is not None:
+            task = replace(task, granularity=granularity)
         if positions is not None:
             items = tuple(replace(i, positions=None) for i in task.items)
             train = tuple(replace(i, positions=None) for i in task.train_items)
@@ -292,4 +311,5 @@ class EvalTask:
             "max_new_tokens": self.max_new_tokens,
             **({"extra_layers": list(self.extra_layers)} if self.extra_layers else {}),
             **({"samples": self.samples, "sample_score": self.sample_score} if self.samples else {}),
+            **({"granularity": self.granularity, "sample_score": self.sample_score} if self.granularity != "joint" else {}),
         }
