@@ -61,6 +61,7 @@ def test_demo_writes_every_output(first: tuple[Path, str]) -> None:
     for task in TASKS:
         assert task in stdout
     assert "oracle reading the base model instead" in stdout
+    assert "oracle reading organism minus base (model diffing)" in stdout
     timings = json.loads((out / "timings.json").read_text())
     assert timings["oracle_cached"] is False
     assert timings["threads"] == 2 and torch.get_num_threads() == 1  # pinned, then restored
@@ -78,6 +79,9 @@ def test_results_hold_every_task_method_and_chance(results: dict) -> None:
             low, high = results["intervals_95"][task][method]
             assert low <= row[method] <= high
         assert results["n_items"][task] >= 10
+    assert set(results["oracle_reading_difference"]) == set(TASKS)
+    assert all(0.0 <= v <= 1.0 for v in results["oracle_reading_difference"].values())
+    assert results["version"] == 2
     assert results["tasks"]["user_gender"]["chance"] == 0.5
     assert results["tasks"]["taboo"]["chance"] == pytest.approx(1 / 6, abs=1e-6)
 
@@ -91,7 +95,7 @@ def test_the_quick_oracle_learned_to_answer_in_kind(first: tuple[Path, str], res
     report = json.loads((first[0] / "report.json").read_text())
     by_method: dict[str, list[bool]] = {}
     for result in report["results"]:
-        if "@base" in result["task"]:
+        if "@" in result["task"]:  # the base-model control and the difference reading
             continue
         kind = result["task"].split("/")[-1]  # persona_facts/city -> city
         candidates = set(LABELS[{"taboo": "topic", "user_gender": "gender"}.get(kind, kind)])
@@ -175,3 +179,28 @@ def test_a_changed_mixture_builder_changes_the_oracle_stamp(
 
     monkeypatch.setattr(oracle_data, "gender_qa", last_token_only)
     assert mixture_digest(base, config, 0, layers) != before
+
+
+def test_the_sweep_summarises_runs_per_organism() -> None:
+    from lens_oracle.errors import ConfigError
+    from lens_oracle.toy.sweep import RunSummary, parse_ints, sweep_dict, sweep_markdown
+
+    runs = [
+        RunSummary(0, 1, {"taboo": 0.9, "gender": 0.5}, {"taboo": ("ablated_shuffle", 0.1), "gender": ("logit_lens", 0.55)}),
+        RunSummary(0, 2, {"taboo": 0.8, "gender": 0.7}, {"taboo": ("black_box", 0.2), "gender": ("oracle_on_base", 0.3)}),
+        RunSummary(1, 1, {"taboo": 0.7, "gender": 0.6}, {"taboo": ("ablated_shuffle", 0.1), "gender": ("logit_lens", 0.6)}),
+    ]
+    data = sweep_dict(runs, quick=False)
+    taboo, gender = data["summary"]["taboo"], data["summary"]["gender"]
+    assert taboo["oracle"] == {"mean": 0.8, "min": 0.7, "max": 0.9}
+    assert taboo["best_control"] == {"mean": pytest.approx(0.133333, abs=1e-6), "min": 0.1, "max": 0.2}
+    assert taboo["margin_mean"] == pytest.approx(0.666667, abs=1e-6) and taboo["oracle_beats_every_control"] == 3
+    assert gender["oracle_beats_every_control"] == 1  # a tie (0.6 vs 0.6) is not a win
+    assert (data["seeds"], data["threads"], data["mode"]) == ([0, 1], [1, 2], "full")
+    text = sweep_markdown(data)
+    assert "| taboo | 0.80 [0.70, 0.90] | 0.13 [0.10, 0.20] | +0.67 | 3 of 3 |" in text
+    assert "| 0 | 2 | 0.80 vs 0.20 (black box) | 0.70 vs 0.30 (oracle_on_base) |" in text
+    assert parse_ints("0,1,2", "--seeds") == (0, 1, 2)
+    for bad in ("0,,1", "a", "1,1"):
+        with pytest.raises(ConfigError):
+            parse_ints(bad, "--seeds")

@@ -70,6 +70,7 @@ _TASK_KEYS = {
     "samples",
     "sample_score",
     "granularity",
+    "kind",
 }
 
 
@@ -143,7 +144,9 @@ def _scalars(data: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise EvalError(f"{where}.sample_score must be one of {list(SAMPLE_SCORES)}, got {data['sample_score']!r}")
     if "granularity" in data and data["granularity"] not in GRANULARITIES:
         raise EvalError(f"{where}.granularity must be one of {list(GRANULARITIES)}, got {data['granularity']!r}")
-    for key in ("layer", "site", "scorer", "max_new_tokens", "samples", "sample_score", "granularity"):
+    if "kind" in data and not isinstance(data["kind"], str):
+        raise EvalError(f"{where}.kind must be text, got {data['kind']!r}")
+    for key in ("layer", "site", "scorer", "max_new_tokens", "samples", "sample_score", "granularity", "kind"):
         if key in data:
             out[key] = data[key]
     if extra:

@@ -211,6 +211,9 @@ class EvalTask:
     granularity: Granularity = "joint"
     """``joint``: one query reads every position; ``each``: one query per read position (with
     ``samples``, each position is sampled that many times), scored by ``sample_score``."""
+    kind: str = ""
+    """A free label grouping tasks in summaries, e.g. the generative QA protocol's
+    ``classification`` / ``fact_retrieval`` / ``gist`` (:mod:`lens_oracle.evals.protocol`)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -245,6 +248,8 @@ class EvalTask:
             raise EvalError(f"{where}: samples must be 0 (greedy) or a positive number of samples")
         if self.sample_score not in SAMPLE_SCORES:
             raise EvalError(f"{where}: sample_score must be one of {list(SAMPLE_SCORES)}, got {self.sample_score!r}")
+        if not isinstance(self.kind, str):
+            raise EvalError(f"{where}: kind must be text, got {self.kind!r}")
         if self.granularity not in GRANULARITIES:
             raise EvalError(f"{where}: granularity must be one of {list(GRANULARITIES)}, got {self.granularity!r}")
         if self.granularity == "each" and self.extra_layers:
@@ -312,4 +317,5 @@ class EvalTask:
             **({"extra_layers": list(self.extra_layers)} if self.extra_layers else {}),
             **({"samples": self.samples, "sample_score": self.sample_score} if self.samples else {}),
             **({"granularity": self.granularity, "sample_score": self.sample_score} if self.granularity != "joint" else {}),
+            **({"kind": self.kind} if self.kind else {}),
         }

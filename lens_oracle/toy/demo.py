@@ -154,15 +154,21 @@ def _n_layers(base: Path) -> int:
 
 def audit_organisms(
     oracle: ActivationOracle, organisms: list[Organism], config: DemoConfig, seed: int
-) -> tuple[EvalReport, dict[str, dict[str, Score]], dict[str, Score]]:
-    """Run every method on every organism's tasks, and the oracle on the base-model control."""
+) -> tuple[EvalReport, dict[str, dict[str, Score]], dict[str, Score], dict[str, Score]]:
+    """Run every method on every organism's tasks; then the oracle on the base-model control and
+    on the difference reading (organism minus base). Returns the merged report and the three
+    per-kind score tables."""
     tasks = [t for o in organisms for t in audit.organism_tasks(o)]
     report = run_tasks(oracle, tasks, methods=METHODS, seed=seed, n_resamples=config.n_resamples)
     control_tasks = [
         dataclasses.replace(t, name=f"{t.name}@base", target=TargetSpec()) for t in tasks
     ]
+    diff_tasks = [  # model diffing: the organism's activations minus the base model's
+        dataclasses.replace(t, name=f"{t.name}@diff", target=TargetSpec(model=t.target.model, base=oracle.config.base_model))
+        for t in tasks
+    ]
     control = run_tasks(
-        oracle, control_tasks, methods=("oracle",), seed=seed, n_resamples=config.n_resamples
+        oracle, [*control_tasks, *diff_tasks], methods=("oracle",), seed=seed, n_resamples=config.n_resamples
     )
     by_kind: dict[str, list[Organism]] = {}
     for o in organisms:
@@ -177,7 +183,13 @@ def audit_organisms(
         )["oracle"]
         for kind, group in by_kind.items()
     }
-    return merge_reports([report, control]), scores, base_control
+    diff_reading = {
+        kind: audit.organism_scores(
+            control, group, ("oracle",), seed=seed, n_resamples=config.n_resamples, suffix="@diff"
+        )["oracle"]
+        for kind, group in by_kind.items()
+    }
+    return merge_reports([report, control]), scores, base_control, diff_reading
 
 
 def run_demo(
@@ -230,8 +242,8 @@ def _run_stages(
         base, config, seed, cache, progress=progress
     ))
     timings["oracle_cached"] = cached
-    report, scores, base_control = _timed(
+    report, scores, base_control, diff_reading = _timed(
         timings, "evaluation", lambda: audit_organisms(oracle, organisms, config, seed)
     )
     timings["total"] = round(time.perf_counter() - start, 2)
-    return DemoResult(seed, config, tuple(organisms), scores, base_control, report, timings)
+    return DemoResult(seed, config, tuple(organisms), scores, base_control, report, diff_reading, timings)

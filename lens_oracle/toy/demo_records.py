@@ -80,7 +80,11 @@ class DemoResult:
     base_control: dict[str, Score]
     """Organism kind -> the oracle's score when it reads the base model on the same prompts."""
     report: EvalReport
-    """Every task, method and prediction (the organisms', then the base-model control's)."""
+    """Every task, method and prediction (the organisms', then the base-model control's and the
+    difference reading's)."""
+    diff_reading: dict[str, Score] = field(default_factory=dict)
+    """Organism kind -> the oracle's score when it reads the organism's activations minus the
+    base model's at the same positions (model diffing, AO's ``diff`` input)."""
     timings: dict[str, Any] = field(default_factory=dict)
     """Seconds per stage and which artifacts came from the cache (kept out of results.json)."""
 

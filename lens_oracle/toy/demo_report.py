@@ -16,7 +16,8 @@ from lens_oracle.toy.demo_records import DemoResult
 
 log = logging.getLogger(__name__)
 
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+"""2: ``oracle_reading_difference`` (model diffing) added."""
 SHORT_NAMES = {
     "oracle": "oracle", "untrained_oracle": "untrained", "ablated_zero": "zero",
     "ablated_shuffle": "shuffle", "black_box": "black box", "logit_lens": "logit lens",
@@ -43,6 +44,9 @@ def results_dict(result: DemoResult) -> dict[str, Any]:
         "margins": margins,
         "oracle_reading_base_model": {
             kind: round(s.mean, 6) for kind, s in result.base_control.items()
+        },
+        "oracle_reading_difference": {
+            kind: round(s.mean, 6) for kind, s in result.diff_reading.items()
         },
         "n_items": counts,
         "organisms": {
@@ -74,7 +78,15 @@ def format_table(result: DemoResult) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     base = ", ".join(f"{k} {s.mean:.2f}" for k, s in result.base_control.items())
     lines.append(f"oracle reading the base model instead (knowledge not in the prompt): {base}")
+    if result.diff_reading:
+        diff = ", ".join(f"{k} {s.mean:.2f}" for k, s in result.diff_reading.items())
+        lines.append(f"oracle reading organism minus base (model diffing): {diff}")
     return "\n".join(lines)
+
+
+def _diff_cell(result: DemoResult, kind: str) -> str:
+    score = result.diff_reading.get(kind)
+    return "n/a" if score is None else f"{score.mean:.2f} [{score.low:.2f}, {score.high:.2f}]"
 
 
 def results_markdown(result: DemoResult) -> str:
@@ -83,14 +95,14 @@ def results_markdown(result: DemoResult) -> str:
     lines = [
         f"# lens-oracle demo ({'quick' if result.config.quick else 'full'}, seed {result.seed})",
         "",
-        "| task | " + " | ".join(methods) + " | chance | oracle on base model |",
-        "|---" * (len(methods) + 3) + "|",
+        "| task | " + " | ".join(methods) + " | chance | oracle on base model | oracle on organism − base |",
+        "|---" * (len(methods) + 4) + "|",
     ]
     for kind, scores in result.scores.items():
         cells = [f"{s.mean:.2f} [{s.low:.2f}, {s.high:.2f}]" for s in scores.values()]
         lines.append(
             f"| {kind} | " + " | ".join(cells) + f" | {result.chance(kind):.2f} | "
-            f"{result.base_control[kind].mean:.2f} |"
+            f"{result.base_control[kind].mean:.2f} | {_diff_cell(result, kind)} |"
         )
     return "\n".join(lines) + "\n\n## Every task\n\n" + result.report.to_markdown()
 
