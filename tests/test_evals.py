@@ -248,6 +248,30 @@ def test_logit_lens_matches_the_model_at_the_last_layer(oracle, tok) -> None:
             assert predicted == tok.decode([int(logits.argmax())]).strip()
 
 
+def test_patchscope_reads_each_vector_through_the_identity_prompt(oracle, tok, task) -> None:
+    """The eval method: read vectors patched into the identity prompt of the target (adapter off),
+    log-probabilities averaged over positions, best candidate; unavailable where nothing can be patched."""
+    from dataclasses import replace
+
+    from lens_oracle.evals.baselines import candidate_token_ids
+    from lens_oracle.evals.methods import unavailable_reason
+    from lens_oracle.evals.patchscope import patched_logprobs
+
+    small = replace(task, items=tuple(replace(i, positions=Indices((1, i.positions.indices[0]))) for i in task.items[:6]))
+    prepared = prepare(small, Target(oracle.model))
+    out = run_method("patchscope", MethodContext(oracle, Target(oracle.model), prepared))
+    ids = [candidate_token_ids(tok, c) for c in small.candidates]
+    with oracle.adapter_disabled() as base:
+        for vectors, predicted in zip(prepared.vectors, out.predictions[0], strict=True):
+            mean = patched_logprobs(base, vectors, READ_LAYER).mean(dim=0)
+            best = max(range(len(ids)), key=lambda k: float(mean[ids[k]].max()))
+            assert predicted == small.candidates[best]
+    assert unavailable_reason("patchscope", replace(small, extra_layers=(1,))) == (
+        "a multi-layer query has no single layer to patch its vectors into"
+    )
+    assert "not a residual state" in unavailable_reason("patchscope", replace(small, target=TargetSpec("a", "b")))
+
+
 def test_sweep_by_layer_and_positions(oracle, task, tmp_path: Path) -> None:
     small = EvalTask(
         name="sweep",

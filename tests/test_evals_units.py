@@ -284,6 +284,7 @@ SCORES = {
     "ablated_random": 0.2,
     "black_box": 0.05,
     "logit_lens": 0.15,
+    "patchscope": 0.12,
     "linear_probe": 0.9,
 }
 

@@ -10,7 +10,8 @@ from lens_oracle.errors import EvalError
 from lens_oracle.evals.patchscope import (
     CONDITIONS,
     _derangement,
-    _patched_next_tokens,
+    identity_prompt,
+    patched_logprobs,
     token_identity_patchscope,
 )
 from lens_oracle.models import load_model
@@ -19,22 +20,26 @@ from lens_oracle.models import load_model
 def test_the_patch_equals_a_plain_forward_hook_replacing_the_residual(tokenizer) -> None:
     hf = build_llama(tokenizer)
     model = load_model(build_llama(tokenizer), tokenizer, trainable=False)
-    ids = tokenizer("w1 red w2 blue w3")["input_ids"]
+    prompt = "w1 red ? blue w3"
+    ids, slot = identity_prompt(tokenizer, prompt)
+    assert ids == tokenizer(prompt)["input_ids"] and tokenizer.decode([ids[slot]]).strip() == "?"
     vectors = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
-    ours = _patched_next_tokens(model, ids, 2, 1, vectors, batch_size=2)
+    ours = patched_logprobs(model, vectors, 1, batch_size=2, prompt=prompt)
 
     def hook(module, args, output):
         hidden = (output[0] if isinstance(output, tuple) else output).clone()
-        hidden[:, 2] = vectors
+        hidden[:, slot] = vectors
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     handle = hf.model.layers[1].register_forward_hook(hook)
     try:
         with torch.no_grad():
-            reference = hf(torch.tensor([ids] * 3)).logits[:, -1].argmax(-1)
+            reference = hf(torch.tensor([ids] * 3)).logits[:, -1].float().log_softmax(-1)
     finally:
         handle.remove()
-    assert torch.equal(ours, reference)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    with pytest.raises(EvalError, match="no '\\?' token to patch"):
+        identity_prompt(tokenizer, "w1 red w2")
 
 
 def test_every_word_gets_another_words_vector() -> None:

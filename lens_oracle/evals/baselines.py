@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -21,7 +21,7 @@ from lens_oracle.evals.methods import NO_QUESTION, MethodContext, MethodOutput, 
 from lens_oracle.evals.probe import pool_vectors, train_probe
 from lens_oracle.models import LoadedModel
 from lens_oracle.prompt import render_chat, stop_token_ids
-from lens_oracle.typing import Float, Tensor
+from lens_oracle.typing import ExampleVectors, Float, Tensor
 
 
 def _question_ids(tokenizer: Any, question: str) -> list[int]:
@@ -118,12 +118,32 @@ def candidate_token_ids(tokenizer: Any, candidate: str) -> list[int]:
 
 def logit_lens(ctx: MethodContext) -> MethodOutput:
     """Best candidate (or top token) under the logit lens, averaged over read positions."""
+    model = ctx.target.model
+    return _token_readout(ctx, lambda v: lens_logprobs(model, v))
+
+
+def patchscope_readout(ctx: MethodContext) -> MethodOutput:
+    """Best candidate (or top token) of the token-identity Patchscope at the read layer: each
+    read vector patched into the identity prompt of the unmodified target, averaged over positions."""
+    from lens_oracle.evals.patchscope import patched_logprobs
+
+    model, layer = ctx.target.model, ctx.prepared.layer
+    with model.adapter_disabled():
+        return _token_readout(ctx, lambda v: patched_logprobs(model, v, layer, batch_size=ctx.batch_size))
+
+
+def _token_readout(
+    ctx: MethodContext, read: Callable[[ExampleVectors], Float[Tensor, "n_vec d_vocab"]]
+) -> MethodOutput:
+    """One answer per item from next-token log-probabilities per read vector (``read``), averaged
+    over the item's positions: the candidate whose first token scores highest, or the top token
+    when the task has no candidates."""
     model, prep = ctx.target.model, ctx.prepared
     candidates = prep.task.candidates or prep.task.label_set
     ids = [candidate_token_ids(model.tokenizer, c) for c in candidates]
     predictions = []
     for v in prep.vectors:
-        logprobs = reduce(lens_logprobs(model, v), "n_vec d_vocab -> d_vocab", "mean")
+        logprobs = reduce(read(v), "n_vec d_vocab -> d_vocab", "mean")
         if candidates:
             scores = [float(logprobs[i].max()) for i in ids]
             predictions.append(candidates[max(range(len(scores)), key=scores.__getitem__)])

@@ -66,7 +66,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         type=_methods,
         default=None,
         help="comma-separated methods (default: all): oracle, untrained_oracle, ablated_zero, "
-        "ablated_shuffle, ablated_random, black_box, logit_lens, linear_probe",
+        "ablated_shuffle, ablated_random, black_box, logit_lens, patchscope, linear_probe",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed for ablations, probe and bootstrap (default 0)"

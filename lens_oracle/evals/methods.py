@@ -16,6 +16,10 @@ Methods and what each one asks or reads:
 * ``logit_lens``: the target's final norm + unembedding applied to the vectors the oracle reads;
   the candidate whose first token has the highest mean log-probability wins (the top token when
   the task has no candidates).
+* ``patchscope``: each read vector replaces the placeholder of the token-identity prompt
+  (``"cat -> cat; 135 -> 135; hello -> hello; ? ->"``) at the same layer of the unmodified target
+  (:mod:`.patchscope`); the next-token log-probabilities, averaged over the read positions, pick
+  the answer as the logit lens does. A training-free readout: no adapter, no question.
 * ``linear_probe``: logistic regression trained on the task's labelled ``train_items``
   (a supervised *reference*, see :mod:`.probe`; not counted as a control).
 
@@ -46,6 +50,7 @@ MethodName = Literal[
     "ablated_random",
     "black_box",
     "logit_lens",
+    "patchscope",
     "linear_probe",
 ]
 METHODS: tuple[str, ...] = get_args(MethodName)
@@ -90,6 +95,11 @@ def unavailable_reason(method: str, task: EvalTask) -> str | None:
     """Why ``method`` cannot run on ``task`` (``None`` when it can)."""
     if method not in METHODS:
         raise EvalError(f"unknown method {method!r}; choose from {list(METHODS)}")
+    if method == "patchscope":
+        if task.extra_layers:
+            return "a multi-layer query has no single layer to patch its vectors into"
+        if task.target.difference:
+            return "a difference of two models' activations is not a residual state to patch in"
     if method == "linear_probe":
         if not task.label_set:
             return "the task has no candidates (finite label set)"

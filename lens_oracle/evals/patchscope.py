@@ -24,7 +24,7 @@ from einops import rearrange
 from lens_oracle.activations import capture_layers
 from lens_oracle.errors import EvalError
 from lens_oracle.models import LoadedModel
-from lens_oracle.typing import Float, Int, Residual, Tensor
+from lens_oracle.typing import Float, Residual, Tensor
 
 IDENTITY_PROMPT = "cat -> cat; 135 -> 135; hello -> hello; ? ->"
 SOURCE_PROMPT = "The next word is {word}"
@@ -134,8 +134,7 @@ def token_identity_patchscope(
         targets.append(ids[0])
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     sources = capture_layers(model, [SOURCE_PROMPT.format(word=w) for w in words], layers, batch_size=batch_size)
-    prompt_ids = tokenizer(IDENTITY_PROMPT)["input_ids"]
-    slot = max(i for i, t in enumerate(prompt_ids) if tokenizer.decode([t]).strip() == "?")
+    prompt_ids, slot = identity_prompt(tokenizer)
     shuffled = _derangement(len(words), seed)
     target = torch.tensor(targets)
     accuracy: dict[str, list[float]] = {c: [] for c in CONDITIONS}
@@ -144,24 +143,35 @@ def token_identity_patchscope(
         vectors = rearrange(sources[layer].vectors, "word 1 d_model -> word d_model")  # last token only
         for condition in CONDITIONS:
             patch = {"vector": vectors, "zero": torch.zeros_like(vectors), "shuffled": vectors[shuffled]}[condition]
-            predicted = _patched_next_tokens(model, prompt_ids, slot, layer, patch, batch_size)
+            predicted = patched_logprobs(model, patch, layer, batch_size=batch_size).argmax(-1)
             accuracy[condition].append(float((predicted == target).float().mean()))
             bar.update(1)
     bar.close()
     return PatchscopeResult(tuple(words), tuple(layers), {k: tuple(v) for k, v in accuracy.items()})
 
 
+def identity_prompt(tokenizer: Any, prompt: str = IDENTITY_PROMPT) -> tuple[list[int], int]:
+    """The identity prompt's token ids and the index of its placeholder (its last ``?``)."""
+    prompt_ids = [int(t) for t in tokenizer(prompt)["input_ids"]]
+    slots = [i for i, t in enumerate(prompt_ids) if tokenizer.decode([t]).strip() == "?"]
+    if not slots:
+        raise EvalError(f"the tokenizer splits {prompt!r} with no '?' token to patch; a Patchscope needs one")
+    return prompt_ids, slots[-1]
+
+
 @torch.no_grad()
-def _patched_next_tokens(
+def patched_logprobs(
     model: LoadedModel,
-    prompt_ids: list[int],
-    slot: int,
-    layer: int,
     vectors: Float[Tensor, "word d_model"],
-    batch_size: int,
-) -> Int[Tensor, " word"]:
-    """The next token after the identity prompt with ``vectors[i]`` replacing the residual at
-    ``slot`` after block ``layer``, for each i (one batch row per vector)."""
+    layer: int,
+    *,
+    batch_size: int = 64,
+    prompt: str = IDENTITY_PROMPT,
+) -> Float[Tensor, "word d_vocab"]:
+    """Next-token log-probabilities after the identity prompt with ``vectors[i]`` replacing the
+    residual at its placeholder after block ``layer`` (one batch row per vector; the model runs
+    as given)."""
+    prompt_ids, slot = identity_prompt(model.tokenizer, prompt)
     hook_name = model.hook_name(layer, "resid_post")
     out = []
     for start in range(0, len(vectors), batch_size):
@@ -175,7 +185,7 @@ def _patched_next_tokens(
 
         with model.bridge.hooks(fwd_hooks=[(hook_name, replace)]):
             logits = model.hf_model(input_ids=ids, use_cache=False).logits
-        out.append(logits[:, -1].argmax(-1).cpu())
+        out.append(logits[:, -1].float().log_softmax(-1).cpu())
     return torch.cat(out)
 
 

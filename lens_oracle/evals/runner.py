@@ -15,7 +15,7 @@ from typing import Any
 
 from lens_oracle.activations import Positions
 from lens_oracle.errors import EvalError
-from lens_oracle.evals.baselines import black_box, linear_probe, logit_lens
+from lens_oracle.evals.baselines import black_box, linear_probe, logit_lens, patchscope_readout
 from lens_oracle.evals.controls import ablated_shuffle, ask_oracle, random_like
 from lens_oracle.evals.methods import (
     METHOD_KINDS,
@@ -53,6 +53,8 @@ def run_method(method: str, ctx: MethodContext) -> MethodOutput:
         return black_box(ctx)
     if method == "logit_lens":
         return logit_lens(ctx)
+    if method == "patchscope":
+        return patchscope_readout(ctx)
     if method == "linear_probe":
         return linear_probe(ctx)
     raise EvalError(f"unknown method {method!r}; choose from {list(METHODS)}")
