@@ -156,7 +156,7 @@ class Asking:
                 chunk = slice(start, start + batch_size)
                 batch = self.encode(vectors[chunk], tags[chunk], questions[chunk], padding_side="left")
                 device = self.model.device
-                with self.injecting(batch, enabled=inject):
+                with self.injecting(batch, enabled=inject, bridged=False):
                     out = self.model.hf_model.generate(
                         input_ids=batch.input_ids.to(device),
                         attention_mask=batch.attention_mask.to(device),

@@ -7,9 +7,12 @@ that depends on upstream internals with a reference that does not:
 * ``load``: the model loads and bridges (tiny random Llama, or ``--model``);
 * ``bridge_logits``: the bridged model's logits equal the same weights run by plain HF;
 * ``lora_runs``: every LoRA module of a fresh adapter runs (and gets gradients) under the bridge;
-* ``cached_generation``: KV-cached answers with injection equal greedy decoding by full forward
-  passes (:func:`greedy_without_cache`): the check that catches an upstream cache change
-  (transformers 5.24 broke this with no error);
+* ``cached_generation``: the oracle's KV-cached answers (``ask_batch``, which generates through
+  the original Hugging Face modules) equal greedy decoding by full forward passes through the bridge
+  with the same injection (:func:`greedy_without_cache`);
+* ``bridge_cached_generation``: the same answers KV-cached *through the bridge* (every hook point
+  live, as when you generate under your own bridge hooks): the check that catches an upstream
+  cache change in the bridge's attention (transformers 5.24 broke it with no error);
 * ``save_load``: a saved oracle loads back into a fresh copy of the base model with equal logits.
 
 A failing check never stops the others; :func:`run_checks` returns every result.
@@ -178,6 +181,35 @@ def _check_cached_generation(bench: _Bench) -> str:
     return f"{len(cached)} answers x 6 tokens equal with and without the KV cache"
 
 
+def _check_bridge_cached_generation(bench: _Bench) -> str:
+    from lens_oracle.activations import AllTokens
+    from lens_oracle.prompt import stop_token_ids
+
+    oracle = bench.oracle
+    model = oracle.model
+    acts = oracle.capture(list(PROMPTS), 1, positions=AllTokens())
+    batch = oracle.encode(
+        [acts.example(i) for i in range(len(PROMPTS))], [1] * len(PROMPTS), list(QUESTIONS), padding_side="left"
+    )
+    stops = set(stop_token_ids(model.tokenizer, model.hf_model.generation_config))
+    with torch.no_grad(), oracle.injecting(batch, bridged=True):
+        out = model.hf_model.generate(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, max_new_tokens=6,
+            do_sample=False, pad_token_id=model.tokenizer.pad_token_id, eos_token_id=sorted(stops) or None,
+        )
+    cached = []
+    for row in out[:, batch.input_ids.shape[1] :].tolist():
+        cut = next((i for i, token in enumerate(row) if token in stops), len(row))
+        cached.append(model.tokenizer.decode(row[:cut], skip_special_tokens=True).strip())
+    uncached = greedy_without_cache(oracle, batch, 6)
+    if cached != uncached:
+        raise AssertionError(
+            f"KV-cached answers through the bridge {cached} differ from uncached greedy decoding {uncached}: "
+            "the bridge's attention mishandles the cache (lens_oracle's own answers do not use it)"
+        )
+    return f"{len(cached)} answers x 6 tokens equal with and without the bridge's KV cache"
+
+
 def _check_save_load(bench: _Bench) -> str:
     from lens_oracle.activations import LastK
     from lens_oracle.oracle import ActivationOracle
@@ -199,6 +231,7 @@ CHECKS: dict[str, Callable[[_Bench], str]] = {
     "bridge_logits": _check_bridge_logits,
     "lora_runs": _check_lora_runs,
     "cached_generation": _check_cached_generation,
+    "bridge_cached_generation": _check_bridge_cached_generation,
     "save_load": _check_save_load,
 }
 

@@ -172,6 +172,19 @@ def make_injection_hook(
     return hook
 
 
+def as_pre_hook(hook: Callable[[Residual, Any], Residual]) -> Callable[..., Any]:
+    """A TransformerLens-style residual hook as a PyTorch forward pre-hook (``with_kwargs=True``)
+    on a decoder layer: it rewrites the layer's ``hidden_states`` input, passed by position or by
+    name -- the same tensor as ``blocks.{k}.hook_resid_pre``."""
+
+    def pre_hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if args:
+            return (hook(args[0], None), *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hook(kwargs["hidden_states"], None)}
+
+    return pre_hook
+
+
 def stack_vectors(per_example: Sequence[ExampleVectors]) -> tuple[Vectors, VectorCounts]:
     """Right-pad a list of ``[n_i, d_model]`` tensors to ``[batch, max n_i, d_model]`` + counts."""
     if not per_example:

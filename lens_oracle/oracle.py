@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +29,7 @@ from lens_oracle.activations import (
     capture_layers,
 )
 from lens_oracle.asking import Asking
-from lens_oracle.bridge import clean_key
+from lens_oracle.bridge import clean_key, original_block, unbridged
 from lens_oracle.config import (
     AdapterConfig,
     InjectionConfig,
@@ -41,6 +41,7 @@ from lens_oracle.config import (
 from lens_oracle.errors import ActivationError, ArtifactError, ConfigError, PromptError
 from lens_oracle.inject import (
     OracleBatch,
+    as_pre_hook,
     check_vectors,
     make_injection_hook,
     placeholder_mask,
@@ -58,7 +59,7 @@ from lens_oracle.prompt import (
     placeholder_id,
 )
 from lens_oracle.published import read_sidecar
-from lens_oracle.typing import ExampleVectors, Logits, Loss
+from lens_oracle.typing import ExampleVectors, Logits, Loss, Residual
 
 log = logging.getLogger(__name__)
 
@@ -376,22 +377,47 @@ class ActivationOracle(Asking):
         )
 
     @contextlib.contextmanager
-    def injecting(self, batch: OracleBatch, *, enabled: bool = True) -> Iterator[None]:
-        """Hooks that inject ``batch``'s vectors on the prompt pass of the next forward calls."""
+    def injecting(self, batch: OracleBatch, *, enabled: bool = True, bridged: bool = True) -> Iterator[None]:
+        """Hooks that inject ``batch``'s vectors on the prompt pass of the next forward calls.
+
+        ``bridged=False`` (generation): the model runs through its original Hugging Face modules
+        (:func:`lens_oracle.bridge.unbridged`, ~15% faster per decoding step) and the same injection
+        is a PyTorch pre-hook on the decoder layer whose input is the injection hook point.
+        """
+        if not bridged:
+            with unbridged(self.model.hf_model), self._plain_injection(batch, enabled):
+                yield
+            return
         if not enabled:
             yield
             return
+        with self.model.bridge.hooks(fwd_hooks=[(self.injection_hook, self._injection(batch))]):
+            yield
+
+    @contextlib.contextmanager
+    def _plain_injection(self, batch: OracleBatch, enabled: bool) -> Iterator[None]:
+        if not enabled:
+            yield
+            return
+        block = original_block(self.model.bridge, self.config.injection.layer)
+        handle = block.register_forward_pre_hook(as_pre_hook(self._injection(batch)), with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def _injection(self, batch: OracleBatch) -> Callable[[Residual, Any], Residual]:
+        """The residual hook injecting ``batch``'s vectors (projected first, inside the forward
+        pass, so the loss trains the projector)."""
         vectors = batch.vectors.to(self.model.device)
-        if self.projector is not None:  # inside the forward pass, so the loss trains it
+        if self.projector is not None:
             if batch.vector_layers is None:
                 raise ActivationError("this batch has no vector layers; build it with oracle.encode")
             vectors = self.projector(vectors, batch.vector_layers.to(self.model.device))
-        hook = make_injection_hook(
+        return make_injection_hook(
             vectors, batch.placeholders.to(self.model.device),
             mode=self.config.injection.mode, scale=self.config.injection.scale,
         )
-        with self.model.bridge.hooks(fwd_hooks=[(self.injection_hook, hook)]):
-            yield
 
     # ------------------------------------------------------------ training
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from einops import reduce
 
+from lens_oracle.bridge import unbridged
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.methods import NO_QUESTION, MethodContext, MethodOutput, question_labels
 from lens_oracle.evals.probe import pool_vectors, train_probe
@@ -57,14 +58,15 @@ def generate_text(
                 for r, row in enumerate(rows):
                     ids[r, width - len(row) :] = torch.tensor(row)
                     mask[r, width - len(row) :] = 1
-                out = hf.generate(
-                    input_ids=ids.to(model.device),
-                    attention_mask=mask.to(model.device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                    eos_token_id=stops or None,
-                )
+                with unbridged(hf):  # no hook to run: the original modules decode ~15% faster
+                    out = hf.generate(
+                        input_ids=ids.to(model.device),
+                        attention_mask=mask.to(model.device),
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id,
+                        eos_token_id=stops or None,
+                    )
                 answers.extend(
                     tokenizer.decode(row, skip_special_tokens=True).strip()
                     for row in out[:, width:]
