@@ -198,8 +198,12 @@ def test_the_sweep_summarises_runs_per_organism() -> None:
     assert gender["oracle_beats_every_control"] == 1  # a tie (0.6 vs 0.6) is not a win
     assert (data["seeds"], data["threads"], data["mode"]) == ([0, 1], [1, 2], "full")
     text = sweep_markdown(data)
-    assert "| taboo | 0.80 [0.70, 0.90] | 0.13 [0.10, 0.20] | +0.67 | 3 of 3 |" in text
+    assert "| taboo | 0.80 [0.70, 0.90] | 0.13 [0.10, 0.20] | +0.67 | 3 of 3 | n/a |" in text
     assert "| 0 | 2 | 0.80 vs 0.20 (black box) | 0.70 vs 0.30 (oracle_on_base) |" in text
+    with_diff = [dataclasses.replace(r, diff={"taboo": 0.5 + r.seed / 10, "gender": 0.4}) for r in runs]
+    diffed = sweep_dict(with_diff, quick=True)["summary"]["taboo"]["oracle_on_difference"]
+    assert diffed == {"mean": pytest.approx(0.533333, abs=1e-6), "min": 0.5, "max": 0.6}
+    assert "| +0.67 | 3 of 3 | 0.53 [0.50, 0.60] |" in sweep_markdown(sweep_dict(with_diff, quick=True))
     assert parse_ints("0,1,2", "--seeds") == (0, 1, 2)
     for bad in ("0,,1", "a", "1,1"):
         with pytest.raises(ConfigError):

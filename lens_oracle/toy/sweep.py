@@ -44,6 +44,8 @@ class RunSummary:
     oracle: dict[str, float]
     best_control: dict[str, tuple[str, float]]
     """Kind -> (the strongest control's name, its score)."""
+    diff: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Kind -> the oracle reading organism minus base (model diffing; not a control)."""
 
     def margin(self, kind: str) -> float:
         return self.oracle[kind] - self.best_control[kind][1]
@@ -59,7 +61,8 @@ def summarise_run(result: DemoResult, threads: int) -> RunSummary:
         name = max(sorted(controls), key=lambda m: controls[m])
         oracle[kind] = scores["oracle"].mean
         best[kind] = (name, controls[name])
-    return RunSummary(result.seed, threads, oracle, best)
+    diff = {kind: score.mean for kind, score in result.diff_reading.items()}
+    return RunSummary(result.seed, threads, oracle, best, diff)
 
 
 def sweep_dict(runs: Sequence[RunSummary], quick: bool) -> dict[str, Any]:
@@ -78,6 +81,8 @@ def sweep_dict(runs: Sequence[RunSummary], quick: bool) -> dict[str, Any]:
             "oracle_beats_every_control": sum(m > 0 for m in margins),
             "runs": len(runs),
         }
+        if all(kind in r.diff for r in runs):
+            summary[kind]["oracle_on_difference"] = _spread([r.diff[kind] for r in runs])
     return {
         "version": SWEEP_VERSION,
         "mode": "quick" if quick else "full",
@@ -89,6 +94,7 @@ def sweep_dict(runs: Sequence[RunSummary], quick: bool) -> dict[str, Any]:
                 "seed": r.seed, "threads": r.threads,
                 "oracle": {k: round(v, 6) for k, v in r.oracle.items()},
                 "best_control": {k: [name, round(v, 6)] for k, (name, v) in r.best_control.items()},
+                "oracle_on_difference": {k: round(v, 6) for k, v in r.diff.items()},
             }
             for r in runs
         ],
@@ -106,15 +112,18 @@ def sweep_markdown(data: dict[str, Any]) -> str:
     lines = [
         f"# lens-oracle demo sweep ({data['mode']}; seeds {data['seeds']}, threads {data['threads']})",
         "",
-        "| organism | oracle mean [min, max] | best control mean [min, max] | mean margin | oracle beats every control |",
-        "|---|---|---|---|---|",
+        "| organism | oracle mean [min, max] | best control mean [min, max] | mean margin | oracle beats every control "
+        "| oracle on organism − base |",
+        "|---|---|---|---|---|---|",
     ]
     for kind, row in data["summary"].items():
         o, c = row["oracle"], row["best_control"]
+        d = row.get("oracle_on_difference")
+        diff = "n/a" if d is None else f"{d['mean']:.2f} [{d['min']:.2f}, {d['max']:.2f}]"
         lines.append(
             f"| {kind} | {o['mean']:.2f} [{o['min']:.2f}, {o['max']:.2f}] | {c['mean']:.2f} "
             f"[{c['min']:.2f}, {c['max']:.2f}] | {row['margin_mean']:+.2f} | "
-            f"{row['oracle_beats_every_control']} of {row['runs']} |"
+            f"{row['oracle_beats_every_control']} of {row['runs']} | {diff} |"
         )
     lines += ["", "| seed | threads | " + " | ".join(data["summary"]) + " |", "|---|---|" + "---|" * len(data["summary"])]
     for run in data["runs"]:
