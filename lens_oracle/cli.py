@@ -71,15 +71,16 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Print the stack's versions, then self-check the install on a tiny random model."""
-    from lens_oracle.doctor import environment, iter_checks
+    from lens_oracle.doctor import CHECKS, environment, iter_checks
 
     for key, value in environment().items():
         print(f"{key:>17}  {value}")
     what = args.model or "a tiny random Llama"
     print(f"self-check on {what} (offline, a few seconds on a tiny model):", flush=True)
     failed = []
+    width = max(len(name) for name in CHECKS)
     for result in iter_checks(args.model):
-        print(f"  {'ok  ' if result.passed else 'FAIL'}  {result.name:<18} {result.detail}", flush=True)
+        print(f"  {'ok  ' if result.passed else 'FAIL'}  {result.name:<{width}} {result.detail}", flush=True)
         if not result.passed:
             failed.append(result.name)
     if failed:
