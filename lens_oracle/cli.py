@@ -62,7 +62,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Print a saved oracle's configuration."""
-    from lens_oracle.oracle import read_oracle_folder
+    from lens_oracle.oracle_folder import read_oracle_folder
 
     config = read_oracle_folder(Path(args.oracle))
     print(json.dumps(config.to_dict() if config else {"format": "plain PEFT adapter (AO preset)"}, indent=2))

@@ -112,7 +112,7 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise DataError(f"example file {str(args.data)!r} does not exist; write one with lens-oracle data build")
     if args.out.exists() and not (args.overwrite or args.resume):
         raise ConfigError(f"{args.out} already exists; choose another --out or pass --overwrite")
-    from lens_oracle.oracle import check_oracle_destination
+    from lens_oracle.oracle_folder import check_oracle_destination
 
     # --overwrite, and --resume continuing a run into its own --out, replace only an oracle folder.
     check_oracle_destination(args.out, overwrite=True)
