@@ -224,11 +224,7 @@ class ActivationOracle(Asking):
         batch_size: int = 16,
     ) -> Activations:
         """Read activations from the oracle's own base model (adapter off)."""
-        if self.projector is not None:
-            raise ActivationError(
-                f"this oracle reads {self.projector.config.source_model!r} through its projector, "
-                "not its own model: capture with lens_oracle.capture(source_model, ...)"
-            )
+        self._check_reads_own_model("capture")
         with self.adapter_disabled() as base:
             return capture(base, prompts, layer, site=site, positions=positions, batch_size=batch_size)
 
@@ -246,18 +242,20 @@ class ActivationOracle(Asking):
         layers = self.config.read_layers if layers is None else tuple(layers)
         if not layers:
             raise ConfigError("this oracle records no read layers; pass layers=[...]")
-        if self.projector is not None:
-            raise ActivationError(
-                f"this oracle reads {self.projector.config.source_model!r} through its projector: "
-                "capture with lens_oracle.capture_layers(source_model, ...)"
-            )
-        if isinstance(prompts, str):
-            prompts = [prompts]
+        self._check_reads_own_model("capture_layers")
         with self.adapter_disabled() as base:
             found = capture_layers(
                 base, prompts, list(layers), site=self.config.read_site, positions=positions, batch_size=batch_size
             )
         return [found[layer] for layer in resolve_layers(self.model, list(layers))]
+
+    def _check_reads_own_model(self, function: str) -> None:
+        """Capturing from the oracle's own base makes no sense for a cross-model oracle."""
+        if self.projector is not None:
+            raise ActivationError(
+                f"this oracle reads {self.projector.config.source_model!r} through its projector, "
+                f"not its own model: capture with lens_oracle.{function}(source_model, ...)"
+            )
 
     # ------------------------------------------------------------ parameters
 

@@ -116,86 +116,45 @@ def oracle_p_yes(
 def ask_oracle(
     ctx: MethodContext, vectors: Sequence[ExampleVectors], *, adapter: bool = True, inject: bool = True
 ) -> MethodOutput:
-    """The oracle (or its base model) asked every paraphrase about ``vectors``."""
-    if ctx.prepared.task.granularity == "each":
-        return _ask_each_position(ctx, vectors, adapter=adapter, inject=inject)
+    """The oracle (or its base model) asked every paraphrase about ``vectors``.
+
+    ``granularity="each"`` (AO's token-level probe) asks every read position in a query of its own;
+    an item's answers (one per position, or ``samples`` per position) are then kept as its sample
+    group, the prediction shown is the most common one, and P(yes) is the mean over its positions.
+    """
     prep, oracle = ctx.prepared, ctx.oracle
     task = prep.task
-    n = len(prep)
-    predictions, probs, samples = [], [], []
-    for k in range(task.n_questions):
-        questions = prep.questions(k)
-        with contextlib.nullcontext() if adapter else oracle.adapter_disabled():
-            if task.samples:
-                drawn = oracle.ask_samples(
-                    list(vectors), questions, n_samples=task.samples, max_new_tokens=task.max_new_tokens,
-                    seed=ctx.seed, layers=[prep.tag] * n, batch_size=ctx.batch_size, inject=inject,
-                )
-                samples.append(tuple(tuple(group) for group in drawn))
-                predictions.append(tuple(most_common(group) for group in drawn))
-                continue
-            predictions.append(
-                tuple(
-                    oracle.ask_batch(
-                        list(vectors),
-                        questions,
-                        layers=[prep.tag] * n,
-                        max_new_tokens=task.max_new_tokens,
-                        batch_size=ctx.batch_size,
-                        inject=inject,
-                    )
-                )
-            )
-            if task.scorer == "yes_no":
-                probs.append(
-                    tuple(
-                        oracle_p_yes(
-                            oracle,
-                            vectors,
-                            prep.tag,
-                            questions,
-                            inject=inject,
-                            batch_size=ctx.batch_size,
-                        )
-                    )
-                )
-    return MethodOutput(tuple(predictions), question_labels(task), tuple(probs), samples=tuple(samples))
-
-
-def _ask_each_position(
-    ctx: MethodContext, vectors: Sequence[ExampleVectors], *, adapter: bool, inject: bool
-) -> MethodOutput:
-    """``granularity="each"``: every read position in a query of its own (AO's token-level
-    probe). Each item's answers (one per position, or ``samples`` per position) are kept as its
-    sample group; the prediction shown is the most common one; P(yes) is the mean over positions."""
-    prep, oracle = ctx.prepared, ctx.oracle
-    task = prep.task
-    singles = [v[k : k + 1] for v in vectors for k in range(v.shape[0])]
-    owner = [i for i, v in enumerate(vectors) for _ in range(v.shape[0])]
-    per_query = max(task.samples, 1)
+    each = task.granularity == "each"
+    if each:
+        queries = [v[k : k + 1] for v in vectors for k in range(v.shape[0])]
+        owner = [i for i, v in enumerate(vectors) for _ in range(v.shape[0])]
+    else:
+        queries, owner = list(vectors), list(range(len(vectors)))
+    layers = [prep.tag] * len(queries)
     predictions, probs, samples = [], [], []
     for k in range(task.n_questions):
         questions = [prep.questions(k)[i] for i in owner]
         with contextlib.nullcontext() if adapter else oracle.adapter_disabled():
             if task.samples:
                 drawn = oracle.ask_samples(
-                    singles, questions, n_samples=task.samples, max_new_tokens=task.max_new_tokens,
-                    seed=ctx.seed, layers=[prep.tag] * len(singles), batch_size=ctx.batch_size, inject=inject,
+                    queries, questions, n_samples=task.samples, max_new_tokens=task.max_new_tokens,
+                    seed=ctx.seed, layers=layers, batch_size=ctx.batch_size, inject=inject,
                 )
-                answers = [a for group in drawn for a in group]
             else:
                 answers = oracle.ask_batch(
-                    singles, questions, layers=[prep.tag] * len(singles), max_new_tokens=task.max_new_tokens,
+                    queries, questions, layers=layers, max_new_tokens=task.max_new_tokens,
                     batch_size=ctx.batch_size, inject=inject,
                 )
+                drawn = [[answer] for answer in answers]
             p_yes = (
-                oracle_p_yes(oracle, singles, prep.tag, questions, inject=inject, batch_size=ctx.batch_size)
-                if task.scorer == "yes_no" else None
+                oracle_p_yes(oracle, queries, prep.tag, questions, inject=inject, batch_size=ctx.batch_size)
+                if task.scorer == "yes_no" and (each or not task.samples) else None
             )
         groups: list[list[str]] = [[] for _ in vectors]
-        for query, item in enumerate(owner):
-            groups[item].extend(answers[query * per_query : (query + 1) * per_query])
-        samples.append(tuple(tuple(g) for g in groups))
+        for item, group in zip(owner, drawn, strict=True):
+            groups[item].extend(group)
+        if task.samples or each:
+            samples.append(tuple(tuple(g) for g in groups))
         predictions.append(tuple(most_common(g) for g in groups))
         if p_yes is not None:
             per_item: list[list[float]] = [[] for _ in vectors]
