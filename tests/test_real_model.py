@@ -170,7 +170,7 @@ def test_cached_generation_equals_uncached_with_injection(oracle: Any) -> None:
 
 
 def test_the_base_model_answers_in_text(oracle: Any) -> None:
-    from lens_oracle.evals.baselines import generate_text
+    from lens_oracle.generation import generate_text
 
     tok = oracle.model.tokenizer
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],

@@ -292,6 +292,12 @@ def check_build_args(args: argparse.Namespace) -> BuildPlan:
             ):
                 raise ConfigError(f"{where}: 'layer_fractions' is a list of numbers used with 'n_layers'")
         layers = _read_layers(layers_arg, n_arg, fractions, tokenizer)
+    on_policy = [c.name for c in parsed if c.builder == "context_prediction" and c.config.on_policy]
+    if on_policy and (tokenizer is None or not (tokenizer / "config.json").is_file()):
+        raise ConfigError(
+            f"{where}: component {on_policy[0]!r} is on_policy, so the target model writes its answers; "
+            "give a model folder (config.json and weights) as 'tokenizer' / --tokenizer"
+        )
     max_tokens = spec_int(spec, "max_tokens", where, minimum=1)
     total = spec_int(spec, "total", where, minimum=1)
     quantile = spec.get("drop_quantile")

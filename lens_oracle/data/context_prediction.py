@@ -14,16 +14,19 @@ Rules (deterministic for a given ``seed`` and input order):
   to ``m - J``; the question states the clamped ``J``. Documents with ``m < k_min + j_min`` are
   skipped, and so are examples whose decoded answer is blank.
 * One example per document; the read layer is drawn uniformly from ``layers``.
+* ``on_policy=True``: every "next" answer is the target model's own greedy continuation of the
+  read context instead of the document's next tokens (see :mod:`lens_oracle.data.on_policy`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from transformers import PreTrainedTokenizerBase
 
@@ -31,6 +34,9 @@ from lens_oracle.data.example import OracleExample
 from lens_oracle.data.layers import check_layers, sample_layer
 from lens_oracle.data.sources import DataSource, read_texts
 from lens_oracle.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from lens_oracle.models import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +95,10 @@ class ContextPredictionConfig(DictConfig):
     """Seed of the ``random.Random`` that draws directions, sizes, positions and layers."""
     task: str = "context_prediction"
     """Task name stamped on every example."""
+    on_policy: bool = False
+    """"Next" answers from the target's own greedy continuation of the context (the AO authors'
+    newest code), not the document: the oracle learns what the model would say. Needs ``model=``
+    in :func:`build_context_prediction`."""
 
     def __post_init__(self) -> None:
         check_range("k", self.k_min, self.k_max)
@@ -136,6 +146,10 @@ def build_context_prediction(
     config: ContextPredictionConfig | None = None,
     *,
     limit: int | None = None,
+    model: LoadedModel | None = None,
+    batch_size: int = 16,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> list[OracleExample]:
     """Build context-prediction examples, one per usable document, in input order.
 
@@ -145,15 +159,24 @@ def build_context_prediction(
         layers: read layers to draw from, e.g. ``layers_from_fractions(n_layers)``.
         config: sizes, direction mix and seed; AO defaults when ``None``.
         limit: stop after this many examples (``None``: use every document).
+        model: the target, which writes the "next" answers when ``config.on_policy``; its
+            continuations run in batches of ``batch_size`` and are cached in ``cache_dir`` if given.
 
     Raises:
-        ConfigError: no layers, or ``limit < 1``.
+        ConfigError: no layers, ``limit < 1``, or ``on_policy`` without a model (or a model
+            without ``on_policy``).
         DataError: unreadable source, or no document long enough for one example.
     """
     config = config or ContextPredictionConfig()
     layers = check_layers(layers)
     if limit is not None and limit < 1:
         raise ConfigError(f"limit must be a positive number of examples or None, got {limit}")
+    if config.on_policy and model is None:
+        raise ConfigError(
+            "on_policy context prediction needs the target model that writes the answers: pass model=..."
+        )
+    if model is not None and not config.on_policy:
+        raise ConfigError("a model is only used for on_policy=True; set it in ContextPredictionConfig")
     rng = random.Random(config.seed)
     examples: list[OracleExample] = []
     skipped = 0
@@ -172,7 +195,61 @@ def build_context_prediction(
             f"no document was long enough for context prediction (needs at least "
             f"k_min + j_min = {config.k_min + config.j_min} content tokens)"
         )
+    if config.on_policy:
+        assert model is not None  # checked above
+        examples = on_policy_examples(
+            examples, model, batch_size=batch_size, cache_dir=cache_dir, progress=progress
+        )
     return examples
+
+
+def on_policy_examples(
+    examples: Sequence[OracleExample],
+    model: LoadedModel,
+    *,
+    batch_size: int = 16,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> list[OracleExample]:
+    """``examples`` with every "next tokens" answer replaced by ``model``'s own greedy continuation.
+
+    Each "next" example keeps its context, read positions and layer; its answer becomes what
+    ``model`` (the target, adapter off) says after the context, cut to the example's ``j`` tokens
+    (fewer if the model stops sooner or says a special token such as EOS: the question states the
+    count given). "Previous" examples,
+    and any other task's, pass through unchanged; examples whose continuation is blank are
+    dropped. ``cache_dir``: see :func:`lens_oracle.data.on_policy.cached_continuations`.
+    """
+    from lens_oracle.data.on_policy import cached_continuations
+
+    nexts = [i for i, ex in enumerate(examples) if ex.meta.get("direction") == "next" and "j" in ex.meta]
+    if not nexts:
+        return list(examples)
+    contexts = [examples[i].context_ids for i in nexts]
+    lengths = [int(examples[i].meta["j"]) for i in nexts]
+    for i in nexts:
+        model.check_token_ids(examples[i].context_ids, f"the context of example {i}")
+    continuations = cached_continuations(model, contexts, lengths, batch_size, cache_dir, progress)
+    out, dropped = list(examples), set()
+    tokenizer = model.tokenizer
+    special = frozenset(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    for i, ids in zip(nexts, continuations, strict=True):
+        # content tokens only, as on the corpus side: a continuation ends at a special token (BOS/EOS)
+        ids = ids[: next((n for n, t in enumerate(ids) if t in special), len(ids))]
+        answer = tokenizer.decode(ids)
+        if not ids or not answer.strip():
+            dropped.add(i)
+            continue
+        ex = examples[i]
+        out[i] = dataclasses.replace(
+            ex,
+            answer=answer,
+            question=context_prediction_question("next", len(ids)),
+            meta={**ex.meta, "j": len(ids), "on_policy": True},
+        )
+    if dropped:
+        logger.info("on-policy context prediction dropped %d examples with a blank continuation", len(dropped))
+    return [ex for i, ex in enumerate(out) if i not in dropped]
 
 
 def _one_example(

@@ -39,6 +39,10 @@ Per component:
 * ``text_field``: the document field of JSONL/CSV/dataset rows, for ``context_prediction``
   (default ``text``; classification has ``config.text_field``).
 
+``"config": {"on_policy": true}`` on a ``context_prediction`` component takes its "next" answers
+from the target's own greedy continuations: the target is loaded from the ``tokenizer`` folder,
+which must then hold the model (``config.json`` and weights), and generates on the CPU.
+
 Unknown keys are errors. The command-line
 ``--tokenizer``, ``--layers``/``--n-layers`` and ``--seed`` override the spec. The same spec
 and seed always write byte-identical files.
@@ -46,6 +50,7 @@ and seed always write byte-identical files.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +205,9 @@ def _component_source(spec: ComponentSpec) -> Any:
     return sources.load_hf_dataset(path, split=split, **options)
 
 
-def _builder(spec: ComponentSpec, tokenizer: Any, layers: tuple[int, ...]) -> Callable[[], list[Any]]:
+def _builder(
+    spec: ComponentSpec, tokenizer: Any, layers: tuple[int, ...], target: Callable[[], Any]
+) -> Callable[[], list[Any]]:
     """A zero-argument builder for :class:`MixtureComponent` (called once at ``build``)."""
     from lens_oracle.data.classification import build_classification
     from lens_oracle.data.context_prediction import build_context_prediction
@@ -214,7 +221,10 @@ def _builder(spec: ComponentSpec, tokenizer: Any, layers: tuple[int, ...]) -> Ca
             return list(read_jsonl(source))
         if spec.builder == "context_prediction":
             texts = read_texts(source, text_field=spec.text_field)
-            return build_context_prediction(texts, tokenizer, layers, spec.config, limit=spec.limit)
+            model = target() if spec.config.on_policy else None
+            return build_context_prediction(
+                texts, tokenizer, layers, spec.config, limit=spec.limit, model=model, progress=model is not None
+            )
         if spec.builder == "classification":
             return build_classification(source, tokenizer, layers, spec.config, limit=spec.limit)
         return build_spqa(source, tokenizer, layers, spec.config, limit=spec.limit)
@@ -227,9 +237,15 @@ def build_mixture(plan: BuildPlan, tokenizer: Any, out: Path) -> list[Any]:
     from lens_oracle.data.example import write_jsonl
     from lens_oracle.data.mixture import Mixture, MixtureComponent
 
+    @functools.cache
+    def target() -> Any:  # the model itself, for on-policy components only; loaded once
+        from lens_oracle.models import load_model
+
+        return load_model(str(plan.tokenizer), check_lora=False)
+
     mixture = Mixture(
         [
-            MixtureComponent(c.name, _builder(c, tokenizer, plan.layers), size=c.size, weight=c.weight)
+            MixtureComponent(c.name, _builder(c, tokenizer, plan.layers, target), size=c.size, weight=c.weight)
             for c in plan.components
         ],
         total=plan.total, seed=plan.seed, max_tokens=plan.max_tokens,

@@ -10,18 +10,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from einops import reduce
 
-from lens_oracle.bridge import unbridged
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.methods import NO_QUESTION, MethodContext, MethodOutput, question_labels
 from lens_oracle.evals.probe import pool_vectors, train_probe
+from lens_oracle.generation import generate_text
 from lens_oracle.models import LoadedModel
-from lens_oracle.prompt import render_chat, stop_token_ids
+from lens_oracle.prompt import render_chat
 from lens_oracle.typing import ExampleVectors, Float, Tensor
 
 
@@ -35,45 +35,6 @@ def _question_ids(tokenizer: Any, question: str) -> list[int]:
     return [
         int(i) for i in tokenizer("\n" + question + "\n", add_special_tokens=False)["input_ids"]
     ]
-
-
-@torch.no_grad()
-def generate_text(
-    model: LoadedModel, prompts: Sequence[Sequence[int]], max_new_tokens: int, batch_size: int = 16
-) -> list[str]:
-    """Greedy continuations of token-id prompts by ``model`` with any adapter off (left padding)."""
-    tokenizer, hf = model.tokenizer, model.hf_model
-    stops = stop_token_ids(tokenizer, getattr(hf, "generation_config", None))
-    limit = model.n_ctx - max_new_tokens
-    answers: list[str] = []
-    was_training = hf.training
-    hf.eval()
-    try:
-        with model.adapter_disabled():
-            for start in range(0, len(prompts), batch_size):
-                rows = [list(p)[-limit:] for p in prompts[start : start + batch_size]]
-                width = max(len(r) for r in rows)
-                ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for r, row in enumerate(rows):
-                    ids[r, width - len(row) :] = torch.tensor(row)
-                    mask[r, width - len(row) :] = 1
-                with unbridged(hf):  # no hook to run: the original modules decode ~15% faster
-                    out = hf.generate(
-                        input_ids=ids.to(model.device),
-                        attention_mask=mask.to(model.device),
-                        max_new_tokens=max_new_tokens,
-                        do_sample=False,
-                        pad_token_id=tokenizer.pad_token_id,
-                        eos_token_id=stops or None,
-                    )
-                answers.extend(
-                    tokenizer.decode(row, skip_special_tokens=True).strip()
-                    for row in out[:, width:]
-                )
-    finally:
-        hf.train(was_training)
-    return answers
 
 
 def black_box(ctx: MethodContext) -> MethodOutput:

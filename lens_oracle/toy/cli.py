@@ -36,6 +36,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "--cache", type=Path, default=None,
         help="artifact cache (default: $LENS_ORACLE_CACHE or ~/.cache/lens_oracle)",
     )
+    parser.add_argument(
+        "--on-policy", action="store_true",
+        help="train the oracle with on-policy context prediction (the base model's own continuations "
+        "as the 'next tokens' answers); cached apart from the standard oracle",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -52,8 +57,11 @@ def run_demo_command(args: argparse.Namespace) -> int:
         logging.getLogger("lens_oracle.toy").setLevel(logging.INFO)
     if args.seeds is not None or args.threads is not None:
         return _run_sweep_command(args)
+    from lens_oracle.toy.demo_records import demo_config
+
     result = run_demo(
-        args.out, quick=args.quick, seed=args.seed, cache=args.cache, progress=not args.no_progress
+        args.out, quick=args.quick, seed=args.seed, cache=args.cache, progress=not args.no_progress,
+        config=demo_config(args.quick, args.seed, on_policy=args.on_policy),
     )
     print(format_table(result))
     times = result.timings
@@ -70,7 +78,10 @@ def _run_sweep_command(args: argparse.Namespace) -> int:
 
     seeds = parse_ints(args.seeds, "--seeds") if args.seeds is not None else (args.seed,)
     threads = parse_ints(args.threads, "--threads") if args.threads is not None else (2,)
-    data = run_sweep(args.out, seeds, threads, quick=args.quick, cache=args.cache, progress=not args.no_progress)
+    data = run_sweep(
+        args.out, seeds, threads, quick=args.quick, cache=args.cache, progress=not args.no_progress,
+        on_policy=args.on_policy,
+    )
     print(sweep_markdown(data))
     print(f"wrote {args.out}/sweep.json, sweep.md and one folder per run")
     sys.stdout.flush()

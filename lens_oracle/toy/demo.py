@@ -101,7 +101,8 @@ def oracle_settings(
 def mixture_digest(base: Path, config: DemoConfig, seed: int, layers: tuple[int, ...]) -> str:
     """Hash of a small sample of the oracle's mixture (same seed and weights), so that a change
     in how the examples are built shows in the stamp even when no setting changed."""
-    sample = dataclasses.replace(config.mixture, total=MIXTURE_SAMPLE)
+    # Built corpus-side only: on-policy answers need the model, and the option is in the stamp's config.
+    sample = dataclasses.replace(config.mixture, total=MIXTURE_SAMPLE, on_policy_context=False)
     examples = build_toy_mixture(make_world(seed), load_tokenizer(base), layers, sample)
     return digest([
         [list(e.context_ids), list(e.positions), e.layer, e.question, e.answer] for e in examples
@@ -116,7 +117,8 @@ def load_or_train_oracle(
     Returns the oracle and whether it came from the cache.
     """
     world = make_world(seed)
-    folder = cache / f"oracle-{'quick' if config.quick else 'full'}-seed{seed}"
+    variant = "-on-policy" if config.mixture.on_policy_context else ""
+    folder = cache / f"oracle-{'quick' if config.quick else 'full'}-seed{seed}{variant}"
     oracle_layers = layers_from_fractions(_n_layers(base), config.read_fractions)
     settings = oracle_settings(base, config, seed, oracle_layers)
     stamp = read_stamp(folder, ORACLE_STAMP)
@@ -128,7 +130,7 @@ def load_or_train_oracle(
         oracle = ActivationOracle.create(
             str(base), adapter=config.adapter, injection=config.injection, name=str(base)
         )
-    examples = build_toy_mixture(world, oracle.model.tokenizer, oracle_layers, config.mixture)
+    examples = build_toy_mixture(world, oracle.model.tokenizer, oracle_layers, config.mixture, model=oracle.model)
     train = TrainConfig(
         learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
         seed=seed, progress=progress,

@@ -56,9 +56,10 @@ class DemoConfig:
         return json.loads(json.dumps(data))
 
 
-def demo_config(quick: bool, seed: int = 0) -> DemoConfig:
-    """The quick (CI, under two minutes) or full (under ten) demo settings for ``seed``."""
-    mixture = ToyMixtureConfig(total=16000 if quick else 64000, seed=seed)
+def demo_config(quick: bool, seed: int = 0, *, on_policy: bool = False) -> DemoConfig:
+    """The quick (CI, under two minutes) or full (under ten) demo settings for ``seed``;
+    ``on_policy``: on-policy context prediction in the oracle's mixture."""
+    mixture = ToyMixtureConfig(total=16000 if quick else 64000, seed=seed, on_policy_context=on_policy)
     return DemoConfig(
         quick=quick,
         mixture=mixture,

@@ -5,7 +5,8 @@ Activation Oracles setting); it never sees a model organism in training. Each co
 skill an audit later needs, on base text:
 
 * ``context_prediction`` (AO's self-supervised task): the previous or next tokens of a corpus
-  window, with :func:`~lens_oracle.data.build_context_prediction`.
+  window, with :func:`~lens_oracle.data.build_context_prediction`; with ``on_policy_context`` the
+  "next" answers are the base model's own greedy continuations (the AO authors' newest code).
 * ``classification``: balanced yes/no questions about a text's topic and sentiment and about the
   user's gender in a chat, with :func:`~lens_oracle.data.build_classification` and toy templates.
 * ``persona``: "what role is the assistant playing ?" about persona chats, the system prompt
@@ -30,7 +31,7 @@ import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lens_oracle.data.classification import ClassificationConfig, build_classification
 from lens_oracle.data.context_prediction import ContextPredictionConfig, build_context_prediction
@@ -50,6 +51,9 @@ from lens_oracle.toy.language import (
     chat_prompt,
 )
 from lens_oracle.toy.organisms import ABOUT, TABOO_QUESTION
+
+if TYPE_CHECKING:
+    from lens_oracle.models import LoadedModel
 
 TOPIC_QUESTIONS: tuple[str, ...] = (QUESTIONS["topic"], TABOO_QUESTION)
 """Paraphrases of the topic question (the taboo audit asks the second)."""
@@ -86,6 +90,9 @@ class ToyMixtureConfig:
     """Context prediction: most tokens to predict."""
     seed: int = 0
     """Seed of every draw (texts, positions, layers, sampling)."""
+    on_policy_context: bool = False
+    """Context prediction's "next" answers from the base model's own greedy continuations
+    instead of the corpus (``build_toy_mixture`` then needs ``model=``)."""
 
     def __post_init__(self) -> None:
         names = [name for name, _ in self.weights]
@@ -98,8 +105,12 @@ class ToyMixtureConfig:
             raise ConfigError(f"weights must be positive and total >= {len(names)}, got {self}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values."""
-        return json_ready(dataclasses.asdict(self))
+        """Plain JSON values. ``on_policy_context`` appears only when on, so the stamps of
+        oracles trained before the option existed (the same computation) still match."""
+        data = json_ready(dataclasses.asdict(self))
+        if not self.on_policy_context:
+            del data["on_policy_context"]
+        return data
 
 
 def json_ready(obj: Any) -> Any:
@@ -262,16 +273,24 @@ def _persona(
 
 
 def build_toy_mixture(
-    world: ToyWorld, tokenizer: Any, layers: Sequence[int], config: ToyMixtureConfig | None = None
+    world: ToyWorld,
+    tokenizer: Any,
+    layers: Sequence[int],
+    config: ToyMixtureConfig | None = None,
+    *,
+    model: LoadedModel | None = None,
 ) -> list[OracleExample]:
     """The seeded oracle mixture on ``world``'s base text (see the module docstring).
 
     ``tokenizer`` is the base model's; ``layers`` the read layers (AO: 25, 50 and 75% depth).
     Each component is built with a little more than its share and then sampled, so the mixture
-    holds exactly ``config.total`` examples.
+    holds exactly ``config.total`` examples. ``model``: the base model (an oracle's model is
+    fine: its adapter is switched off), needed only for ``config.on_policy_context``.
     """
     config = config or ToyMixtureConfig()
     layers = check_layers(layers)
+    if config.on_policy_context and model is None:
+        raise ConfigError("on_policy_context needs the base model that continues the texts: pass model=...")
     weights = dict(config.weights)
     scale = 1.2 * config.total / sum(weights.values())
     seed = config.seed
@@ -282,9 +301,11 @@ def build_toy_mixture(
     def context() -> list[OracleExample]:
         docs = world.corpus(need("context_prediction"), seed=seed + 1)
         settings = ContextPredictionConfig(
-            k_max=config.context_k_max, j_max=config.context_j_max, seed=seed
+            k_max=config.context_k_max, j_max=config.context_j_max, seed=seed,
+            on_policy=config.on_policy_context,
         )
-        return build_context_prediction(docs, tokenizer, layers, settings)
+        target = model if config.on_policy_context else None
+        return build_context_prediction(docs, tokenizer, layers, settings, model=target, batch_size=64)
 
     builders = {
         "context_prediction": context,

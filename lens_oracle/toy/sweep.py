@@ -65,7 +65,7 @@ def summarise_run(result: DemoResult, threads: int) -> RunSummary:
     return RunSummary(result.seed, threads, oracle, best, diff)
 
 
-def sweep_dict(runs: Sequence[RunSummary], quick: bool) -> dict[str, Any]:
+def sweep_dict(runs: Sequence[RunSummary], quick: bool, on_policy: bool = False) -> dict[str, Any]:
     """Per kind: the oracle's and the best control's mean / min / max over the runs, the mean
     margin, and the number of runs where the oracle beat every control; then every run."""
     kinds = list(runs[0].oracle)
@@ -85,7 +85,7 @@ def sweep_dict(runs: Sequence[RunSummary], quick: bool) -> dict[str, Any]:
             summary[kind]["oracle_on_difference"] = _spread([r.diff[kind] for r in runs])
     return {
         "version": SWEEP_VERSION,
-        "mode": "quick" if quick else "full",
+        "mode": ("quick" if quick else "full") + (", on-policy context prediction" if on_policy else ""),
         "seeds": sorted({r.seed for r in runs}),
         "threads": sorted({r.threads for r in runs}),
         "summary": summary,
@@ -155,8 +155,10 @@ def run_sweep(
     quick: bool = False,
     cache: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    on_policy: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo for every seed and thread count and write the summary (see the module)."""
+    """Run the demo for every seed and thread count and write the summary (see the module);
+    ``on_policy``: the oracles train with on-policy context prediction."""
     out = Path(out)
     root = Path(cache) if cache is not None else cache_root()
     if not seeds or not threads:
@@ -169,13 +171,13 @@ def run_sweep(
     runs = []
     for seed in seeds:
         for n in threads:
-            config = dataclasses.replace(demo_config(quick, seed), threads=n)
+            config = dataclasses.replace(demo_config(quick, seed, on_policy=on_policy), threads=n)
             result = run_demo(
                 out / f"seed{seed}-threads{n}", quick=quick, seed=seed, cache=root / f"threads-{n}",
                 progress=progress, config=config,
             )
             runs.append(summarise_run(result, n))
-    data = sweep_dict(runs, quick)
+    data = sweep_dict(runs, quick, on_policy)
     atomic_write_text(out / "sweep.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "sweep.md", sweep_markdown(data))
     return data
