@@ -142,24 +142,25 @@ def _check_contexts(model: LoadedModel, contexts: Sequence[Sequence[int]], posit
             raise PositionError(f"prompt {i} has {len(ctx)} tokens; positions {bad} are out of range")
 
 
-@torch.no_grad()
 def _residuals(
     model: LoadedModel,
     contexts: Sequence[Sequence[int]],
     layers: Sequence[int],
     site: Site,
     padding_side: Literal["left", "right"],
+    grad: bool = False,
 ) -> tuple[dict[int, Residual], list[int]]:
     """One padded forward pass stopping after the deepest layer; residuals at ``layers``.
 
-    Returns ``{layer: [batch, pos, d_model]}`` and each row's padding offset.
+    Returns ``{layer: [batch, pos, d_model]}`` and each row's padding offset. ``grad=True`` keeps
+    the autograd graph (the residuals stay attached to the model's weights).
     """
     names = {layer: model.hook_name(layer, site) for layer in sorted(set(layers))}
     stored: dict[int, Residual] = {}
 
     def keeper(layer: int) -> Callable[[Residual, object], Residual]:
         def keep(resid: Residual, hook: object) -> Residual:
-            stored[layer] = resid.detach()
+            stored[layer] = resid if grad else resid.detach()
             return resid
 
         return keep
@@ -175,7 +176,8 @@ def _residuals(
         offsets.append(start)
     stop = max(_stop_layer(layer, site) for layer in names)
     device = model.device
-    with model.bridge.hooks(fwd_hooks=[(name, keeper(layer)) for layer, name in names.items()]):
+    hooks = [(name, keeper(layer)) for layer, name in names.items()]
+    with torch.set_grad_enabled(grad), model.bridge.hooks(fwd_hooks=hooks):
         model.bridge(ids.to(device), attention_mask=mask.to(device), stop_at_layer=stop)
     return stored, offsets
 
@@ -193,12 +195,15 @@ def read_vectors(
     *,
     site: Site = "resid_post",
     padding_side: Literal["left", "right"] = "right",
+    grad: bool = False,
 ) -> list[ExampleVectors]:
     """Example i's vectors at ``positions[i]`` of layer ``layers[i]``, in one batched pass.
 
     Returns a list of ``[len(positions[i]), d_model]`` float32 tensors on the CPU. The model runs
     as it is: switch an adapter off around the call for the target role. A multi-layer query
     gives a tuple of layers: its vectors are ``positions[i]`` at each layer, layer by layer.
+    ``grad=True`` keeps the graph, so a loss on the vectors trains the model's adapter (steering
+    through an oracle, :mod:`lens_oracle.control`); by default nothing is tracked.
     """
     if not (len(contexts) == len(positions) == len(layers)):
         raise ActivationError("contexts, positions and layers must have the same length")
@@ -206,7 +211,7 @@ def read_vectors(
     if not all(groups):
         raise ActivationError("an example has an empty tuple of read layers; give at least one")
     _check_contexts(model, contexts, positions)
-    stored, offsets = _residuals(model, contexts, [x for g in groups for x in g], site, padding_side)
+    stored, offsets = _residuals(model, contexts, [x for g in groups for x in g], site, padding_side, grad)
     return [
         pack([_gather(stored[layer], row, offsets[row], pos) for layer in group], "* d_model")[0]
         for row, (pos, group) in enumerate(zip(positions, groups, strict=True))

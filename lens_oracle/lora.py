@@ -226,7 +226,7 @@ def hf_adapter_state_dict(peft_model: Any, adapter_name: str = "default") -> dic
     state = get_peft_model_state_dict(peft_model, state_dict=named, adapter_name=adapter_name)
     hf_names = {id(module): path for path, module in _hf_named_modules(peft_model)}
     out = {_rename(key, modules, hf_names): v.cpu().contiguous() for key, v in state.items()}
-    n_layers = len([1 for _, m, adapter in _lora_layers(peft_model) if adapter == adapter_name])
+    n_layers = len(_lora_layers(peft_model, adapter_name))
     n_a = sum(1 for k in out if ".lora_A." in k)
     if n_a != n_layers or len(out) != len(state):
         raise ArtifactError(
@@ -250,15 +250,16 @@ def _rename(key: str, modules: dict[str, torch.nn.Module], hf_names: dict[int, s
     return key.replace(f".{ORIGINAL}", "")
 
 
-def _lora_layers(peft_model: Any) -> list[tuple[str, Any, str]]:
-    """(HF module name, LoRA layer, adapter name) for every active LoRA adapter module."""
+def _lora_layers(peft_model: Any, adapter_name: str | None = None) -> list[tuple[str, Any, str]]:
+    """(HF module name, LoRA layer, adapter name) for every active LoRA adapter module, or for
+    every module holding adapter ``adapter_name`` (active or not)."""
     from peft.tuners.lora import LoraLayer
 
     out = []
     for path, module in _hf_named_modules(peft_model):
         if isinstance(module, LoraLayer):
             name = path.removeprefix("base_model.model.")
-            for adapter in module.active_adapters:
+            for adapter in module.active_adapters if adapter_name is None else [adapter_name]:
                 if adapter in module.lora_A:
                     out.append((name, module, adapter))
     return out

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import torch
 from einops import pack, rearrange, unpack
 
-from lens_oracle.bridge import boot_bridge, clean_key, route_kv_cache
+from lens_oracle.bridge import boot_bridge, clean_key, route_kv_cache, unbridged
 from lens_oracle.config import AdapterConfig, Site
 from lens_oracle.errors import HookError, ModelLoadError
 from lens_oracle.loading import (
@@ -161,6 +161,74 @@ class LoadedModel:
                 layer.enable_adapters(not off)
             for param, trainable in zip(params, was_trainable, strict=True):
                 param.requires_grad_(trainable)
+
+    def add_adapter(self, name: str, adapter: AdapterConfig) -> dict[str, torch.nn.Parameter]:
+        """A second LoRA adapter ``name`` on the same projections as the first, for another role on
+        one copy of the weights (steering: the oracle's adapter and the steered target's). It
+        starts fresh (PEFT's initialisation: ``lora_B`` zero, so the model is unchanged), is
+        trainable and inactive until :meth:`using_adapter`; every other weight keeps its
+        ``requires_grad``. Returns the new adapter's weights by name."""
+        if self.peft_model is None:
+            raise ModelLoadError(f"{self.name!r} has no adapter; load it with one to add another next to it")
+        if name in self.peft_model.peft_config:
+            raise ModelLoadError(f"{self.name!r} already has an adapter named {name!r}; choose another name")
+        from peft import LoraConfig
+
+        first = self.peft_model.peft_config["default"]
+        config = LoraConfig(
+            r=adapter.rank, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+            target_modules=first.target_modules, fan_in_fan_out=first.fan_in_fan_out, task_type="CAUSAL_LM",
+        )
+        trainable = {id(p): p.requires_grad for p in self.hf_model.parameters()}
+        # PEFT finds its LoRA layers by module name; under the bridge's wrappers it would find the
+        # wrappers instead, so the original module tree is put back while it adds the adapter.
+        with unbridged(self.hf_model):
+            self.peft_model.add_adapter(name, config)
+        self.__dict__.pop("_adapter_layers", None)  # the cached layer/weight census is stale
+        added = {}
+        for key, param in self.hf_model.named_parameters():
+            is_new = id(param) not in trainable
+            param.requires_grad_(is_new or trainable[id(param)])
+            if is_new:
+                added[clean_key(key)] = param
+        if not added:
+            raise ModelLoadError(f"adding adapter {name!r} to {self.name!r} created no weights")
+        return added
+
+    def delete_adapter(self, name: str) -> None:
+        """Remove an adapter added with :meth:`add_adapter` (not the first, ``"default"``)."""
+        if self.peft_model is None or name not in self.peft_model.peft_config or name == "default":
+            have = [] if self.peft_model is None else sorted(self.peft_model.peft_config)
+            raise ModelLoadError(f"{self.name!r} has no added adapter named {name!r} to delete (it has {have})")
+        trainable = {id(p): p.requires_grad for p in self.hf_model.parameters()}
+        active = list(self.peft_model.active_adapters)
+        with unbridged(self.hf_model):
+            self.peft_model.delete_adapter(name)
+        self.__dict__.pop("_adapter_layers", None)
+        if name not in active:
+            self.peft_model.base_model.set_adapter(active)
+        for param in self.hf_model.parameters():  # PEFT's bookkeeping may flip flags; keep the caller's
+            param.requires_grad_(trainable.get(id(param), False))
+
+    @contextlib.contextmanager
+    def using_adapter(self, name: str) -> Iterator[LoadedModel]:
+        """Only LoRA adapter ``name`` is on inside the block (see :meth:`add_adapter`); the
+        active adapters and every weight's ``requires_grad`` are restored on exit."""
+        if self.peft_model is None or name not in self.peft_model.peft_config:
+            have = [] if self.peft_model is None else sorted(self.peft_model.peft_config)
+            raise ModelLoadError(f"{self.name!r} has no adapter named {name!r} (it has {have})")
+        layers, _ = self._adapter_layers
+        was_active = [list(layer.active_adapters) for layer in layers]
+        trainable = [(p, p.requires_grad) for p in self.hf_model.parameters()]
+        for layer in layers:
+            layer.set_adapter(name)
+        try:
+            yield self
+        finally:
+            for layer, active in zip(layers, was_active, strict=True):
+                layer.set_adapter(active)
+            for param, flag in trainable:
+                param.requires_grad_(flag)
 
     @functools.cached_property
     def _adapter_layers(self) -> tuple[list[Any], list[torch.nn.Parameter]]:

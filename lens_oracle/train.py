@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,26 +110,39 @@ class Trainer:
         on_eval: EvalCallback | None = None,
         loss_fn: Callable[[ActivationOracle, Batch], Loss] | None = None,
         reader: VectorReader | None = None,
+        parameters: Mapping[str, torch.nn.Parameter] | None = None,
+        train_mode: bool = True,
+        progress_label: str = "training oracle",
     ) -> None:
         """``reader`` supplies the vectors (default: the oracle's own base model, adapter off);
-        ``loss_fn`` replaces the whole per-batch loss (tests use it to inject failures)."""
-        if not oracle.model.has_adapter and oracle.projector is None:
-            raise TrainingError("the oracle has no adapter to train; create it with an AdapterConfig")
-        if oracle.projector is not None and reader is None and loss_fn is None:
-            raise TrainingError(
-                "a cross-model oracle reads another model's activations: pass "
-                "reader=target_reader(source_model) (or train_oracle(..., source=source_model))"
-            )
-        params = oracle.trainable_parameters()
-        if not params:
-            raise TrainingError("the oracle has no trainable parameters; load it with trainable=True")
+        ``loss_fn`` replaces the whole per-batch loss (tests use it to inject failures).
+        ``parameters``: the weights to train, by name (default: the oracle's trainable ones;
+        steering trains a target's adapter through a frozen oracle, :mod:`lens_oracle.control`).
+        ``train_mode=False`` keeps the model in eval mode (no dropout) while training;
+        ``progress_label`` names the progress bar."""
+        if parameters is None:
+            if not oracle.model.has_adapter and oracle.projector is None:
+                raise TrainingError("the oracle has no adapter to train; create it with an AdapterConfig")
+            if oracle.projector is not None and reader is None and loss_fn is None:
+                raise TrainingError(
+                    "a cross-model oracle reads another model's activations: pass "
+                    "reader=target_reader(source_model) (or train_oracle(..., source=source_model))"
+                )
+            parameters = oracle.named_trainable_parameters()
+            if not parameters:
+                raise TrainingError("the oracle has no trainable parameters; load it with trainable=True")
+        elif not parameters:
+            raise TrainingError("no parameters to train were given")
         self.oracle = oracle
         self.config = config
         self.on_eval = on_eval
         self.reader = reader or self_reader(oracle)
         self.loss_fn = loss_fn or (lambda o, batch: batch_loss(o, batch, self.reader))
-        self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.named_params = dict(parameters)
+        self.params = list(self.named_params.values())
+        self.train_mode = train_mode
+        self.progress_label = progress_label
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
     def fit(
         self,
@@ -163,10 +176,10 @@ class Trainer:
                 result.losses = list(state.losses)
                 log.info("resumed after step %d from %s", state.step, folder)
         model = self.oracle.model.hf_model
-        model.train()
+        model.train(self.train_mode)
         checkpointing = contextlib.ExitStack()
         checkpointing.enter_context(self.oracle.model.gradient_checkpointing(cfg.gradient_checkpointing))
-        bar = tqdm(total=total, initial=result.steps, desc="training oracle", disable=not cfg.progress, unit="step")
+        bar = tqdm(total=total, initial=result.steps, desc=self.progress_label, disable=not cfg.progress, unit="step")
         try:
             for step in range(result.steps, total):
                 start = (step % per_epoch) * cfg.grad_accum_steps
@@ -190,7 +203,7 @@ class Trainer:
         return result
 
     def _named_trainable(self) -> dict[str, torch.nn.Parameter]:
-        return self.oracle.named_trainable_parameters()
+        return self.named_params
 
     def _checkpoint(self, folder: Path, step: int, scheduler: Any, result: TrainResult) -> None:
         torch_rng, python_rng = capture_rng()
