@@ -34,12 +34,14 @@ _EXPORTS = {
     "ProjectorConfig": "lens_oracle.config",
     "PromptConfig": "lens_oracle.config",
     "Segment": "lens_oracle.activations",
+    "SteerConfig": "lens_oracle.control",
     "Substring": "lens_oracle.activations",
     "TrainConfig": "lens_oracle.config",
     "capture": "lens_oracle.activations",
     "capture_diff": "lens_oracle.activations",
     "capture_layers": "lens_oracle.activations",
     "load_model": "lens_oracle.models",
+    "steer_with_oracle": "lens_oracle.control",
     "train_oracle": "lens_oracle.runner",
 }
 
@@ -78,6 +80,7 @@ if TYPE_CHECKING:
         PromptConfig,
         TrainConfig,
     )
+    from lens_oracle.control import SteerConfig, steer_with_oracle
     from lens_oracle.data.example import OracleExample
     from lens_oracle.errors import LensOracleError
     from lens_oracle.models import load_model

@@ -60,6 +60,36 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_steer(args: argparse.Namespace) -> int:
+    """Steer the oracle's own base model through the oracle; save the steering adapter."""
+    from lens_oracle.config import AdapterConfig, TrainConfig
+    from lens_oracle.control import STEERING_FILES, SteerConfig, steer_with_oracle
+    from lens_oracle.data.sources import read_texts
+    from lens_oracle.io import check_replaceable
+    from lens_oracle.oracle import ActivationOracle
+
+    positions = _positions(args.positions)
+    if args.out.exists() and not args.overwrite:
+        raise ConfigError(f"--out {args.out} exists; pass --overwrite to replace a steering adapter saved there")
+    check_replaceable(args.out, STEERING_FILES, "steering adapter")
+    prompts = list(read_texts(args.prompts, text_field=args.text_field))
+    if not prompts:
+        raise ConfigError(f"--prompts {args.prompts} holds no prompts; give one per line (.txt) or a 'text' field")
+    config = SteerConfig(
+        adapter=AdapterConfig(rank=args.rank, alpha=2 * args.rank, dropout=0.0),
+        train=TrainConfig(learning_rate=args.lr, batch_size=args.batch_size, epochs=args.epochs, seed=args.seed,
+                          progress=not args.no_progress),
+        layer=args.layer, positions=positions, oracle_loss_weight=0.0 if args.zero_loss else 1.0,
+    )
+    oracle = ActivationOracle.load(args.oracle, args.base_model)
+    steered = steer_with_oracle(oracle, None, prompts, args.question, args.answer, config)
+    steered.save(args.out, overwrite=args.overwrite)
+    losses = steered.result.losses
+    print(f"steered {steered.result.steps} steps at layer {steered.layer}: oracle loss {losses[0]:.4f} -> "
+          f"{losses[-1]:.4f}; wrote {args.out} (load it with load_model(BASE, adapter_path=...))")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Print a saved oracle's configuration."""
     from lens_oracle.oracle_folder import read_oracle_folder
@@ -139,6 +169,26 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--max-new-tokens", type=int, default=32)
     ask.add_argument("--json", action="store_true", help="print JSON")
     ask.set_defaults(func=cmd_ask)
+
+    steer = sub.add_parser("steer", help="steer the oracle's base model until the oracle reads a wanted answer")
+    steer.add_argument("--oracle", required=True, type=Path, help="folder written by ActivationOracle.save")
+    steer.add_argument("--prompts", required=True, type=Path, help="prompts: .txt (one per line), .jsonl or .csv")
+    steer.add_argument("--text-field", default="text", help="the prompt field of .jsonl/.csv rows (default text)")
+    steer.add_argument("--question", required=True, help="what the oracle is asked about the activations")
+    steer.add_argument("--answer", required=True, help="the answer it should give after steering")
+    steer.add_argument("--out", required=True, type=Path, help="folder for the steering adapter (PEFT) + steering.json")
+    steer.add_argument("--layer", type=int, default=None, help="read layer (default: half depth)")
+    steer.add_argument("--positions", default="last", help="last | last:K | all | segment:A:B | indices:1,2 | substring:TEXT")
+    steer.add_argument("--epochs", type=int, default=20)
+    steer.add_argument("--lr", type=float, default=1e-3)
+    steer.add_argument("--batch-size", type=int, default=8)
+    steer.add_argument("--rank", type=int, default=8, help="LoRA rank of the steering adapter (alpha = 2 x rank)")
+    steer.add_argument("--seed", type=int, default=0)
+    steer.add_argument("--zero-loss", action="store_true", help="the control: the same steps, the oracle's loss x 0")
+    steer.add_argument("--base-model", default=None, help="local folder overriding the recorded base model")
+    steer.add_argument("--overwrite", action="store_true", help="replace a steering adapter saved in --out")
+    steer.add_argument("--no-progress", action="store_true")
+    steer.set_defaults(func=cmd_steer)
 
     info = sub.add_parser("info", help="show a saved oracle's configuration")
     info.add_argument("oracle", type=Path)

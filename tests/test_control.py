@@ -207,3 +207,31 @@ def test_read_vectors_keeps_the_graph_only_when_asked(tokenizer_dir: Path) -> No
     tracked = read_vectors(oracle.model, prompts, [[1]] * 2, [1] * 2, grad=True)
     assert all(v.grad_fn is None for v in plain) and all(v.grad_fn is not None for v in tracked)
     assert all(torch.equal(a, b.detach()) for a, b in zip(plain, tracked, strict=True))
+
+
+def test_steer_command(tokenizer_dir: Path, tmp_path: Path, capsys) -> None:
+    from lens_oracle.cli import main
+
+    tokenizer = _tokenizer(tokenizer_dir)
+    base = tmp_path / "base"
+    build_llama(tokenizer, seed=0).save_pretrained(str(base))
+    tokenizer.save_pretrained(str(base))
+    ActivationOracle.create(str(base), adapter=AdapterConfig(rank=4, alpha=8)).save(tmp_path / "oracle")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("w1 w2 red w3\nw4 blue w5\nw6 w7 gold\n", encoding="utf-8")
+    out = tmp_path / "steer"
+    args = ["steer", "--oracle", str(tmp_path / "oracle"), "--prompts", str(prompts), "--question", QUESTION,
+            "--answer", "gold", "--out", str(out), "--epochs", "2", "--batch-size", "2", "--no-progress"]
+    assert main(args) == 0
+    assert "steered 4 steps at layer 2: oracle loss" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["adapter_config.json", "adapter_model.safetensors", "steering.json"]
+    steered = load_model(str(base), adapter_path=out)  # a plain PEFT adapter on the base model
+    assert steered.has_adapter
+    assert main(args) == 2  # refused: the folder exists
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n", encoding="utf-8")
+    other = [str(empty) if a == str(prompts) else str(tmp_path / "other") if a == str(out) else a for a in args]
+    assert main(other) == 2
+    assert "holds no prompts" in capsys.readouterr().err and not (tmp_path / "other").exists()

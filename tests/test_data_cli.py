@@ -289,6 +289,8 @@ def test_bad_preview_arguments(files, argv, message) -> None:
         ({"components": [{"name": "a", "builder": "spqa", "source": "spqa.jsonl"}] * 2}, "repeated: ['a']"),
         ({"components": [{"name": "a", "builder": "spqa", "source": "spqa.jsonl", "text_field": "x"}]}, "'text_field' is for context_prediction"),
         ({"components": [{"name": "a", "builder": "examples", "source": "spqa.jsonl", "limit": 3}]}, "takes no 'config' or 'limit'"),
+        ({"components": [{"name": "a", "builder": "context_prediction", "source": "texts.txt",
+                          "config": {"on_policy": True}}]}, "component 'a' is on_policy"),
     ],
 )
 def test_bad_build_specs(files, change, message) -> None:
@@ -333,3 +335,25 @@ print("torch imported:", "torch" in sys.modules)
                           timeout=120, check=True)
     assert "ConfigError: data preview takes exactly one of" in done.stdout
     assert "torch imported: False" in done.stdout
+
+
+def test_build_on_policy_context_from_a_model_folder(files, capsys) -> None:
+    """``"on_policy": true`` loads the target from the spec's tokenizer folder (it must hold the
+    model) and takes the "next" answers from its own greedy continuations."""
+    import shutil
+
+    from lens_oracle.toy.tiny import random_tiny_llama
+
+    model_folder = files["folder"] / "model"
+    shutil.copytree(files["tokenizer"], model_folder, dirs_exist_ok=True)
+    random_tiny_llama(load_tokenizer(model_folder), n_layers=N_LAYERS, seed=3).save_pretrained(str(model_folder))
+    spec = spec_file(files, name="on_policy.json", tokenizer="model", total=None, components=[
+        {"name": "context", "builder": "context_prediction", "source": "texts.txt",
+         "config": {"k_max": 4, "j_max": 3, "on_policy": True}},
+    ])
+    out = files["folder"] / "on_policy.jsonl"
+    assert run(["data", "build", "--spec", str(spec), "--out", str(out)]) == 0
+    examples = list(read_jsonl(out))
+    nexts = [e for e in examples if e.meta["direction"] == "next"]
+    assert nexts and all(e.meta["on_policy"] for e in nexts)
+    assert all("on_policy" not in e.meta for e in examples if e.meta["direction"] == "previous")

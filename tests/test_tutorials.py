@@ -68,3 +68,8 @@ def test_cross_model_smoke(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "meta").iterdir()) == [
         "adapter_config.json", "adapter_model.safetensors", "oracle_config.json", "projector.safetensors",
     ]
+
+
+def test_steering_smoke(tmp_path: Path) -> None:
+    done = run_tutorial("06_steering.py", tmp_path=tmp_path)
+    check(done, "06_steering.py", ["steered 6 steps at layer 2: oracle loss", "the oracle reads", "saved the steering adapter"])
