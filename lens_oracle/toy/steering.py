@@ -107,12 +107,10 @@ def directions(world: ToyWorld, seed: int, *, quick: bool = False) -> list[Direc
     user_span = Substring("<user>", through_end=True)
     out = []
     for source, wanted in (("male", "female"), ("female", "male"))[: 1 if quick else 2]:
-        def hinted(n: int, gender: str = source) -> tuple[str, ...]:
-            return tuple(chat_prompt(world.chat(rng, gender=gender)[0]["content"]) for _ in range(n))
-
+        train = _hinted(world, rng, source, n_train, avoid=())
         out.append(Direction(
-            "user_address", wanted, QUESTIONS["gender"], user_span, hinted(n_train), hinted(n_eval),
-            _addresses(wanted),
+            "user_address", wanted, QUESTIONS["gender"], user_span, train,
+            _hinted(world, rng, source, n_eval, avoid=train), _addresses(wanted),
         ))
     systems = (None, *(p.instruction for p in PERSONAS))
     train_systems, eval_systems = systems[:4], systems[4:]
@@ -125,6 +123,16 @@ def directions(world: ToyWorld, seed: int, *, quick: bool = False) -> list[Direc
             _first_topic(topic),
         ))
     return out
+
+
+def _hinted(world: ToyWorld, rng: random.Random, gender: str, n: int, avoid: Sequence[str]) -> tuple[str, ...]:
+    """``n`` distinct chat prompts whose user hints ``gender``, none of them in ``avoid``."""
+    found: list[str] = []
+    while len(found) < n:
+        prompt = chat_prompt(world.chat(rng, gender=gender)[0]["content"])
+        if prompt not in avoid and prompt not in found:
+            found.append(prompt)
+    return tuple(found)
 
 
 def random_answer(direction: Direction, seed: int) -> str:
