@@ -128,7 +128,7 @@ TENSOR_PATH = [
     "activations.py", "inject.py", "oracle.py", "asking.py", "train.py", "projector.py", "models.py",
     "checkpoint.py", "lora.py", "distributed.py", "bridge.py", "activation_cache",
     "evals/controls.py", "evals/probe.py", "evals/baselines.py", "evals/metrics.py", "evals/targets.py",
-    "evals/patchscope.py",
+    "evals/patchscope.py", "control.py", "generation.py",
 ]
 
 
