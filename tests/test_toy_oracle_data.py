@@ -156,3 +156,19 @@ def test_config_rejects_bad_weights() -> None:
 def test_oracle_words_are_single_tokens(tok: PreTrainedTokenizerFast, tmp_path: Path) -> None:
     for word in ORACLE_WORDS:
         assert tok(word, add_special_tokens=False)["input_ids"] != [tok.unk_token_id]
+
+
+@pytest.mark.parametrize("group", ["context", "classification", "qa"])
+def test_a_single_kind_of_task_at_the_same_size(world: ToyWorld, tok: PreTrainedTokenizerFast, group: str) -> None:
+    """The diversity ablation's mixtures: one kind of task alone, the total unchanged."""
+    from lens_oracle.toy.demo_records import demo_config
+    from lens_oracle.toy.oracle_data import MIXTURE_GROUPS, mixture_group, only_group
+
+    config = only_group(ToyMixtureConfig(total=300, seed=3), group)
+    assert mixture_group(config) == group and mixture_group(ToyMixtureConfig()) == "full"
+    examples = build_toy_mixture(world, tok, LAYERS, config)
+    assert len(examples) == 300
+    assert {e.meta["component"] for e in examples} == set(MIXTURE_GROUPS[group])
+    assert demo_config(False, 0, mixture_group=group).mixture.total == demo_config(False, 0).mixture.total
+    with pytest.raises(ConfigError, match="unknown mixture"):
+        only_group(config, "everything")

@@ -41,6 +41,11 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="train the oracle with on-policy context prediction (the base model's own continuations "
         "as the 'next tokens' answers); cached apart from the standard oracle",
     )
+    parser.add_argument(
+        "--mixture", default="full", choices=("full", "context", "classification", "qa"),
+        help="the diversity ablation: the oracle trains on the whole mixture (default) or on one kind "
+        "of task alone at the same example count; cached apart",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -61,7 +66,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
 
     result = run_demo(
         args.out, quick=args.quick, seed=args.seed, cache=args.cache, progress=not args.no_progress,
-        config=demo_config(args.quick, args.seed, on_policy=args.on_policy),
+        config=demo_config(args.quick, args.seed, on_policy=args.on_policy, mixture_group=args.mixture),
     )
     print(format_table(result))
     times = result.timings
@@ -80,7 +85,7 @@ def _run_sweep_command(args: argparse.Namespace) -> int:
     threads = parse_ints(args.threads, "--threads") if args.threads is not None else (2,)
     data = run_sweep(
         args.out, seeds, threads, quick=args.quick, cache=args.cache, progress=not args.no_progress,
-        on_policy=args.on_policy,
+        on_policy=args.on_policy, mixture_group=args.mixture,
     )
     print(sweep_markdown(data))
     print(f"wrote {args.out}/sweep.json, sweep.md and one folder per run")

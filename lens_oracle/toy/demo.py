@@ -46,7 +46,7 @@ from lens_oracle.toy.demo_records import METHODS, DemoConfig, DemoResult, demo_c
 from lens_oracle.toy.demo_report import write_outputs
 from lens_oracle.toy.language import make_world
 from lens_oracle.toy.model import digest, load_or_pretrain, read_stamp
-from lens_oracle.toy.oracle_data import ORACLE_WORDS, build_toy_mixture
+from lens_oracle.toy.oracle_data import ORACLE_WORDS, build_toy_mixture, mixture_group
 from lens_oracle.toy.organisms import Organism, build_organisms
 from lens_oracle.toy.tokenizer import cache_root, load_tokenizer
 
@@ -117,7 +117,8 @@ def load_or_train_oracle(
     Returns the oracle and whether it came from the cache.
     """
     world = make_world(seed)
-    variant = "-on-policy" if config.mixture.on_policy_context else ""
+    group = mixture_group(config.mixture)
+    variant = ("-on-policy" if config.mixture.on_policy_context else "") + ("" if group == "full" else f"-{group}-only")
     folder = cache / f"oracle-{'quick' if config.quick else 'full'}-seed{seed}{variant}"
     oracle_layers = layers_from_fractions(_n_layers(base), config.read_fractions)
     settings = oracle_settings(base, config, seed, oracle_layers)

@@ -13,7 +13,7 @@ from lens_oracle.config import AdapterConfig, InjectionConfig
 from lens_oracle.errors import ConfigError
 from lens_oracle.evals.metrics import Score
 from lens_oracle.evals.report import EvalReport
-from lens_oracle.toy.oracle_data import ToyMixtureConfig
+from lens_oracle.toy.oracle_data import ToyMixtureConfig, only_group
 from lens_oracle.toy.organisms import Organism
 
 METHODS: tuple[str, ...] = (
@@ -56,10 +56,13 @@ class DemoConfig:
         return json.loads(json.dumps(data))
 
 
-def demo_config(quick: bool, seed: int = 0, *, on_policy: bool = False) -> DemoConfig:
+def demo_config(quick: bool, seed: int = 0, *, on_policy: bool = False, mixture_group: str = "full") -> DemoConfig:
     """The quick (CI, under two minutes) or full (under ten) demo settings for ``seed``;
-    ``on_policy``: on-policy context prediction in the oracle's mixture."""
-    mixture = ToyMixtureConfig(total=16000 if quick else 64000, seed=seed, on_policy_context=on_policy)
+    ``on_policy``: on-policy context prediction in the oracle's mixture; ``mixture_group``: the
+    whole mixture or one kind of task alone at the same size (:data:`~.oracle_data.MIXTURE_GROUPS`)."""
+    mixture = only_group(
+        ToyMixtureConfig(total=16000 if quick else 64000, seed=seed, on_policy_context=on_policy), mixture_group
+    )
     return DemoConfig(
         quick=quick,
         mixture=mixture,

@@ -71,6 +71,15 @@ ORACLE_WORDS: tuple[str, ...] = (
 COMPONENTS: tuple[str, ...] = (
     "context_prediction", "classification", "persona", "entity_qa", "topic_qa", "gender_qa",
 )
+MIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "full": COMPONENTS,
+    "context": ("context_prediction",),
+    "classification": ("classification",),
+    "qa": ("persona", "entity_qa", "topic_qa", "gender_qa"),
+}
+"""The diversity ablation's mixtures (AO: diverse data helped in 10 of 12 settings): the whole
+mixture, or one kind of task alone (context prediction; yes/no classification; the question-answer
+tasks), each at the same total example count."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +279,21 @@ def _persona(
         qa = [{"question": QUESTIONS["persona"], "answer": persona}]
         rows.append({"system": chat[0]["content"], "dialog": chat[1:], "qa": qa})
     return build_spqa(rows, tokenizer, layers, SPQAConfig(seed=seed))
+
+
+def only_group(config: ToyMixtureConfig, group: str) -> ToyMixtureConfig:
+    """``config`` restricted to the components of :data:`MIXTURE_GROUPS` ``[group]`` (their
+    weights kept, the total unchanged)."""
+    if group not in MIXTURE_GROUPS:
+        raise ConfigError(f"unknown mixture {group!r}; choose one of {sorted(MIXTURE_GROUPS)}")
+    kept = tuple((name, w) for name, w in config.weights if name in MIXTURE_GROUPS[group])
+    return dataclasses.replace(config, weights=kept)
+
+
+def mixture_group(config: ToyMixtureConfig) -> str:
+    """The :data:`MIXTURE_GROUPS` name whose components ``config`` weighs, else ``"custom"``."""
+    names = {name for name, _ in config.weights}
+    return next((g for g, members in MIXTURE_GROUPS.items() if names == set(members)), "custom")
 
 
 def build_toy_mixture(

@@ -65,7 +65,9 @@ def summarise_run(result: DemoResult, threads: int) -> RunSummary:
     return RunSummary(result.seed, threads, oracle, best, diff)
 
 
-def sweep_dict(runs: Sequence[RunSummary], quick: bool, on_policy: bool = False) -> dict[str, Any]:
+def sweep_dict(
+    runs: Sequence[RunSummary], quick: bool, on_policy: bool = False, mixture_group: str = "full"
+) -> dict[str, Any]:
     """Per kind: the oracle's and the best control's mean / min / max over the runs, the mean
     margin, and the number of runs where the oracle beat every control; then every run."""
     kinds = list(runs[0].oracle)
@@ -85,7 +87,8 @@ def sweep_dict(runs: Sequence[RunSummary], quick: bool, on_policy: bool = False)
             summary[kind]["oracle_on_difference"] = _spread([r.diff[kind] for r in runs])
     return {
         "version": SWEEP_VERSION,
-        "mode": ("quick" if quick else "full") + (", on-policy context prediction" if on_policy else ""),
+        "mode": ("quick" if quick else "full") + (", on-policy context prediction" if on_policy else "")
+        + ("" if mixture_group == "full" else f", {mixture_group} tasks only"),
         "seeds": sorted({r.seed for r in runs}),
         "threads": sorted({r.threads for r in runs}),
         "summary": summary,
@@ -156,9 +159,11 @@ def run_sweep(
     cache: str | os.PathLike[str] | None = None,
     progress: bool = True,
     on_policy: bool = False,
+    mixture_group: str = "full",
 ) -> dict[str, Any]:
     """Run the demo for every seed and thread count and write the summary (see the module);
-    ``on_policy``: the oracles train with on-policy context prediction."""
+    ``on_policy``: the oracles train with on-policy context prediction; ``mixture_group``: on the
+    whole mixture or one kind of task alone (the diversity ablation)."""
     out = Path(out)
     root = Path(cache) if cache is not None else cache_root()
     if not seeds or not threads:
@@ -171,13 +176,14 @@ def run_sweep(
     runs = []
     for seed in seeds:
         for n in threads:
-            config = dataclasses.replace(demo_config(quick, seed, on_policy=on_policy), threads=n)
+            config = demo_config(quick, seed, on_policy=on_policy, mixture_group=mixture_group)
+            config = dataclasses.replace(config, threads=n)
             result = run_demo(
                 out / f"seed{seed}-threads{n}", quick=quick, seed=seed, cache=root / f"threads-{n}",
                 progress=progress, config=config,
             )
             runs.append(summarise_run(result, n))
-    data = sweep_dict(runs, quick, on_policy)
+    data = sweep_dict(runs, quick, on_policy, mixture_group)
     atomic_write_text(out / "sweep.json", json.dumps(data, indent=2, sort_keys=True) + "\n")
     atomic_write_text(out / "sweep.md", sweep_markdown(data))
     return data
