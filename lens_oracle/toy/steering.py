@@ -59,6 +59,7 @@ from lens_oracle.toy.language import (
 )
 from lens_oracle.toy.model import load_or_pretrain
 from lens_oracle.toy.oracle_data import ORACLE_WORDS
+from lens_oracle.toy.sweep import parse_ints, spread
 from lens_oracle.toy.tokenizer import cache_root
 
 STEERING_VERSION = 1
@@ -228,10 +229,7 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, d
                 per_seed = [
                     statistics.fmean(r["results"][condition][measure] for r in mine if r["seed"] == s) for s in seeds
                 ]
-                summary[experiment][condition][measure] = {
-                    "mean": round(statistics.fmean(per_seed), 6),
-                    "min": round(min(per_seed), 6), "max": round(max(per_seed), 6),
-                }
+                summary[experiment][condition][measure] = spread(per_seed)
     return summary
 
 
@@ -255,8 +253,6 @@ def steering_markdown(data: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lens_oracle.toy.sweep import parse_ints
-
     parser = argparse.ArgumentParser(description="Steering through the oracle in the toy world.")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="the quick demo's models, one direction each")

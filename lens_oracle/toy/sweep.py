@@ -77,14 +77,14 @@ def sweep_dict(
         control = [r.best_control[kind][1] for r in runs]
         margins = [r.margin(kind) for r in runs]
         summary[kind] = {
-            "oracle": _spread(oracle),
-            "best_control": _spread(control),
+            "oracle": spread(oracle),
+            "best_control": spread(control),
             "margin_mean": round(statistics.fmean(margins), 6),
             "oracle_beats_every_control": sum(m > 0 for m in margins),
             "runs": len(runs),
         }
         if all(kind in r.diff for r in runs):
-            summary[kind]["oracle_on_difference"] = _spread([r.diff[kind] for r in runs])
+            summary[kind]["oracle_on_difference"] = spread([r.diff[kind] for r in runs])
     return {
         "version": SWEEP_VERSION,
         "mode": ("quick" if quick else "full") + (", on-policy context prediction" if on_policy else "")
@@ -104,7 +104,8 @@ def sweep_dict(
     }
 
 
-def _spread(values: Sequence[float]) -> dict[str, float]:
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, min and max of ``values``, rounded to six places (the summaries' number format)."""
     return {
         "mean": round(statistics.fmean(values), 6), "min": round(min(values), 6), "max": round(max(values), 6)
     }
