@@ -38,7 +38,7 @@ from lens_oracle.data.example import OracleExample
 from lens_oracle.data.layers import layers_from_fractions
 from lens_oracle.errors import ConfigError, DataError, ModelLoadError, PromptError
 from lens_oracle.io import atomic_folder, atomic_write_json
-from lens_oracle.models import LoadedModel, resolve_layers
+from lens_oracle.models import LoadedModel, requires_grad_restored, resolve_layers
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.positions import LastToken, Positions, Prompt, check_selector, tokenize_prompt
 from lens_oracle.train import (
@@ -219,6 +219,7 @@ def steer_with_oracle(
     layer = resolve_layers(model, [config.layer])[0] if config.layer is not None else default_read_layer(model)
     model.hook_name(layer, oracle.config.read_site)
     examples = steering_examples(model, prompts, question, answer, layer, config.positions)
+    # A dry encode: a question and answer too long for the oracle's context fail here, not mid-training.
     oracle.encode([torch.ones(len(examples[0].positions), oracle.input_d_model)], [layer], [question], [answer])
     with _frozen(oracle):
         if same:
@@ -272,14 +273,10 @@ def _frozen(oracle: ActivationOracle) -> Iterator[None]:
     weights = [p for n, p in oracle.model.hf_model.named_parameters() if "lora_" in n]
     if oracle.projector is not None:
         weights += list(oracle.projector.parameters())
-    flags = [p.requires_grad for p in weights]
-    for p in weights:
-        p.requires_grad_(False)
-    try:
+    with requires_grad_restored(weights):
+        for p in weights:
+            p.requires_grad_(False)
         yield
-    finally:
-        for p, flag in zip(weights, flags, strict=True):
-            p.requires_grad_(flag)
 
 
 __all__ = [

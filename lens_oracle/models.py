@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -151,16 +151,14 @@ class LoadedModel:
             return
         layers, params = self._adapter_layers
         was_off = [layer.disable_adapters for layer in layers]
-        was_trainable = [param.requires_grad for param in params]
-        for layer in layers:
-            layer.enable_adapters(False)
-        try:
-            yield
-        finally:
-            for layer, off in zip(layers, was_off, strict=True):
-                layer.enable_adapters(not off)
-            for param, trainable in zip(params, was_trainable, strict=True):
-                param.requires_grad_(trainable)
+        with requires_grad_restored(params):
+            for layer in layers:
+                layer.enable_adapters(False)
+            try:
+                yield
+            finally:
+                for layer, off in zip(layers, was_off, strict=True):
+                    layer.enable_adapters(not off)
 
     def add_adapter(self, name: str, adapter: AdapterConfig) -> dict[str, torch.nn.Parameter]:
         """A second LoRA adapter ``name`` on the same projections as the first, for another role on
@@ -219,16 +217,14 @@ class LoadedModel:
             raise ModelLoadError(f"{self.name!r} has no adapter named {name!r} (it has {have})")
         layers, _ = self._adapter_layers
         was_active = [list(layer.active_adapters) for layer in layers]
-        trainable = [(p, p.requires_grad) for p in self.hf_model.parameters()]
-        for layer in layers:
-            layer.set_adapter(name)
-        try:
-            yield self
-        finally:
-            for layer, active in zip(layers, was_active, strict=True):
-                layer.set_adapter(active)
-            for param, flag in trainable:
-                param.requires_grad_(flag)
+        with requires_grad_restored(self.hf_model.parameters()):  # PEFT's set_adapter flips them
+            for layer in layers:
+                layer.set_adapter(name)
+            try:
+                yield self
+            finally:
+                for layer, active in zip(layers, was_active, strict=True):
+                    layer.set_adapter(active)
 
     @functools.cached_property
     def _adapter_layers(self) -> tuple[list[Any], list[torch.nn.Parameter]]:
@@ -271,6 +267,17 @@ class LoadedModel:
         from lens_oracle.lora import hf_adapter_state_dict
 
         return hf_adapter_state_dict(self.peft_model)
+
+
+@contextlib.contextmanager
+def requires_grad_restored(params: Iterable[torch.nn.Parameter]) -> Iterator[None]:
+    """Every weight in ``params`` gets its ``requires_grad`` back on exit, whatever the block did."""
+    flags = [(param, param.requires_grad) for param in params]
+    try:
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
 
 
 def load_model(
