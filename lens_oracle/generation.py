@@ -32,8 +32,12 @@ def generate_ids(
     batch_size: int = 16,
     adapter: bool = False,
     progress: bool = False,
+    temperature: float = 0.0,
+    seed: int = 0,
 ) -> list[list[int]]:
     """Each prompt's greedy continuation as token ids, stop tokens cut off.
+
+    ``temperature > 0`` samples instead (seeded by ``seed``; the global RNG is left as it was).
 
     ``adapter=False`` (default) runs the base model with any LoRA adapter off (the target role);
     ``adapter=True`` runs the model as it is (a steered target, an organism with its adapter on).
@@ -41,6 +45,9 @@ def generate_ids(
     """
     check_count(max_new_tokens, "max_new_tokens")
     check_count(batch_size, "batch_size")
+    if not 0.0 <= temperature <= 10.0:
+        raise PromptError(f"temperature is {temperature}; give 0 (greedy) or a value up to 10")
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": 0} if temperature > 0 else {"do_sample": False}
     limit = model.n_ctx - max_new_tokens
     if limit < 1:
         raise PromptError(
@@ -58,7 +65,8 @@ def generate_ids(
     hf.eval()
     bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress)
     try:
-        with _adapter_as_asked(model, adapter), unbridged(hf):
+        with _adapter_as_asked(model, adapter), unbridged(hf), torch.random.fork_rng():
+            torch.manual_seed(seed)
             for start in range(0, len(prompts), batch_size):
                 rows = [list(p)[-limit:] for p in prompts[start : start + batch_size]]
                 width = max(len(r) for r in rows)
@@ -71,7 +79,7 @@ def generate_ids(
                     input_ids=ids.to(model.device),
                     attention_mask=mask.to(model.device),
                     max_new_tokens=max_new_tokens,
-                    do_sample=False,
+                    **sampling,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=sorted(stops) or None,
                 )
@@ -92,9 +100,15 @@ def generate_text(
     batch_size: int = 16,
     *,
     adapter: bool = False,
+    temperature: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
 ) -> list[str]:
     """:func:`generate_ids`, decoded (special tokens dropped, whitespace stripped)."""
-    rows = generate_ids(model, prompts, max_new_tokens, batch_size=batch_size, adapter=adapter)
+    rows = generate_ids(
+        model, prompts, max_new_tokens, batch_size=batch_size, adapter=adapter, temperature=temperature,
+        seed=seed, progress=progress,
+    )
     return [model.tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
 
 

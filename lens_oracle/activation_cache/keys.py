@@ -63,7 +63,8 @@ def model_identity(model: LoadedModel, *, with_adapter: bool = True) -> ModelIde
         if not with_adapter and "lora_" in name:  # PEFT's names for adapter weights
             continue
         flat = rearrange(param.detach(), "... -> (...)")
-        index = torch.linspace(0, flat.numel() - 1, FINGERPRINT_SAMPLES, device=flat.device).long()
+        # float64: float32 rounds the last index of a >16M-element weight past the end
+        index = torch.linspace(0, flat.numel() - 1, FINGERPRINT_SAMPLES, dtype=torch.float64, device=flat.device).long()
         digest.update(repr(tuple(param.shape)).encode())
         digest.update(flat[index].float().cpu().numpy().tobytes())
         dtype = str(param.dtype).removeprefix("torch.")

@@ -195,7 +195,6 @@ def run_task(
             oracle.config.read_site,
         )
     target = target or resolve_target(oracle, task.target, cache=cache, loader=loader)
-    skipped = [(task.name, m, why) for m in methods if (why := unavailable_reason(m, task))]
     runnable = [m for m in methods if not unavailable_reason(m, task)]
     prepared = prepare(task, target, batch_size=batch_size)
     train = (
@@ -203,6 +202,27 @@ def run_task(
         if "linear_probe" in runnable
         else None
     )
+    return _run_prepared(
+        oracle, target, prepared, train, methods, seed=seed, batch_size=batch_size,
+        n_resamples=n_resamples, probe=probe,
+    )
+
+
+def _run_prepared(
+    oracle: ActivationOracle,
+    target: Target,
+    prepared: Prepared,
+    train: Prepared | None,
+    methods: Sequence[str],
+    *,
+    seed: int,
+    batch_size: int,
+    n_resamples: int,
+    probe: ProbeConfig | None,
+) -> EvalReport:
+    task = prepared.task
+    skipped = [(task.name, m, why) for m in methods if (why := unavailable_reason(m, task))]
+    runnable = [m for m in methods if not unavailable_reason(m, task)]
     ctx = MethodContext(
         oracle,
         target,
@@ -229,6 +249,82 @@ def run_task(
     for name, method, why in skipped:
         log.info("task %r: skipping %s (%s)", name, method, why)
     return EvalReport(tuple(results), seed, tuple(skipped))
+
+
+TARGET_METHODS = ("black_box", "logit_lens", "patchscope")
+"""Methods that ask or run the target model itself: they need one target per task."""
+
+
+def _concat(task: EvalTask, parts: Sequence[Prepared]) -> Prepared:
+    return Prepared(
+        task, parts[0].layer, tuple(i for p in parts for i in p.items),
+        tuple(c for p in parts for c in p.contexts), tuple(q for p in parts for q in p.positions),
+        tuple(v for p in parts for v in p.vectors), parts[0].extra_layers,
+    )
+
+
+def run_pooled(
+    oracle: ActivationOracle,
+    tasks: Sequence[EvalTask],
+    name: str,
+    *,
+    methods: Sequence[str] = ("oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle",
+                              "ablated_random", "linear_probe"),
+    seed: int = 0,
+    batch_size: int = 16,
+    n_resamples: int = 1000,
+    probe: ProbeConfig | None = None,
+    cache: MutableMapping[str, LoadedModel] | None = None,
+    loader: ModelLoader | None = None,
+) -> EvalReport:
+    """Evaluate the items of several tasks as one task ``name``, each item's vectors read from
+    its own task's target.
+
+    For targets that each hold one answer (one model organism per secret word): within one
+    organism every item has the same answer, so shuffling vectors controls nothing; pooled, the
+    shuffle control gives each item another organism's vectors, and the linear probe learns
+    across organisms (its ``train_items`` pooled too). The tasks must read the same way (layer,
+    site, positions, questions, scorer); candidates are pooled. Methods that ask or run the
+    target itself (:data:`TARGET_METHODS`) need one target and are refused: run them per task.
+    """
+    methods = check_methods(methods)
+    if not tasks:
+        raise EvalError("no tasks to pool; give at least one")
+    refused = sorted(set(methods) & set(TARGET_METHODS))
+    if refused:
+        raise EvalError(
+            f"{refused} ask or run one target model and cannot pool items of several targets; "
+            "run them per task with run_tasks"
+        )
+    first = tasks[0]
+    for task in tasks[1:]:
+        for field in ("layer", "site", "positions", "questions", "scorer", "extra_layers", "max_new_tokens"):
+            if getattr(task, field) != getattr(first, field):
+                raise EvalError(
+                    f"cannot pool task {task.name!r} with {first.name!r}: their {field} differ "
+                    f"({getattr(task, field)!r} vs {getattr(first, field)!r}); pool tasks read the same way"
+                )
+    pooled = replace(
+        first, name=name, items=tuple(i for t in tasks for i in t.items),
+        candidates=tuple(dict.fromkeys(c for t in tasks for c in t.candidates)),
+        train_items=tuple(i for t in tasks for i in t.train_items),
+    )
+    cache = {} if cache is None else cache
+    parts, train_parts, target = [], [], None
+    probe_runs = "linear_probe" in methods and not unavailable_reason("linear_probe", pooled)
+    for task in tasks:
+        target = resolve_target(oracle, task.target, cache=cache, loader=loader)
+        parts.append(prepare(task, target, batch_size=batch_size))
+        if probe_runs and task.train_items:
+            train_parts.append(prepare(task, target, items=task.train_items, batch_size=batch_size))
+    if len({p.layer for p in parts}) != 1:
+        raise EvalError(f"the pooled tasks resolve to different layers {sorted({p.layer for p in parts})}")
+    assert target is not None
+    train = _concat(pooled, train_parts) if train_parts else None
+    return _run_prepared(
+        oracle, target, _concat(pooled, parts), train, methods, seed=seed, batch_size=batch_size,
+        n_resamples=n_resamples, probe=probe,
+    )
 
 
 def run_tasks(

@@ -1,0 +1,341 @@
+"""``lens-oracle demo --real``: the Activation Oracles story on SmolLM2-135M-Instruct, on a CPU.
+
+Stages (each cached under ``<cache>/real/`` with a stamp of its settings, each with a progress bar):
+
+1. ``generations``: the base model's own replies the mixture and the gender organisms use;
+2. ``organisms``: taboo organisms (one per secret word) and user-gender organisms (one per
+   assumed gender), LoRA fine-tunes merged into plain folders, each verified on audit prompts it
+   never saw (:mod:`.organisms`);
+3. ``oracle``: a LoRA on SmolLM2 itself, reading layers at 25/50/75% depth, injected at block 1,
+   trained on :mod:`.mixture` (checkpointed: a killed run resumes where it stopped);
+4. ``audit``: every organism read at half depth over the prompt's last :data:`READ_LAST` tokens
+   (where the model is about to reply), the same positions for every method; pooled per kind
+   (:func:`~lens_oracle.evals.runner.run_pooled`) so the shuffle control gives another
+   organism's activations: the oracle, the untrained oracle, no activation, shuffled and random
+   vectors, the linear probe (reference, trained on the organisms' fine-tuning prompts); per
+   organism: the black box and the logit lens; and the oracle reading the *base* model.
+
+Nothing was tuned on the audit items: every setting was fixed before the first full run, from
+the measurements in REFERENCE.md §7 (see the README's account).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from lens_oracle.config import AdapterConfig, TrainConfig
+from lens_oracle.data.layers import layers_from_fractions
+from lens_oracle.errors import ConfigError, ModelLoadError
+from lens_oracle.evals.metrics import Score, summarize
+from lens_oracle.evals.report import EvalReport, merge_reports
+from lens_oracle.evals.runner import run_pooled, run_tasks
+from lens_oracle.evals.tasks import EvalItem, EvalTask, TargetSpec
+from lens_oracle.fetch import fetched_model
+from lens_oracle.io import atomic_write_json, atomic_write_text, cache_root
+from lens_oracle.models import load_model
+from lens_oracle.oracle import ActivationOracle
+from lens_oracle.positions import LastK
+from lens_oracle.real.mixture import MixtureConfig, build_real_mixture, generations
+from lens_oracle.real.organisms import (
+    OrganismConfig,
+    RealOrganism,
+    build_organism,
+    gender_dialogs,
+    prompt_ids,
+    taboo_dialogs,
+)
+from lens_oracle.real.text import (
+    AUDIT_REQUESTS,
+    GENDER_QUESTION,
+    HINT_REQUESTS,
+    TABOO_CLUES,
+    TABOO_QUESTION,
+    TABOO_SPLIT,
+    USER_REQUESTS,
+)
+from lens_oracle.runner import train_oracle
+from lens_oracle.toy.demo import check_arguments
+from lens_oracle.toy.model import digest, read_stamp
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+READ_LAST = 10
+"""Audit read positions: the prompt's last 10 tokens (AO's best User Gender reading, 99.5%):
+the end of the user's message and the assistant header."""
+ORACLE_STAMP = "real_oracle.json"
+POOLED = ("oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "ablated_random", "linear_probe")
+PER_TARGET = ("oracle", "black_box", "logit_lens")
+COLUMNS = ("oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "ablated_random", "black_box",
+           "logit_lens")
+CONTROLS = COLUMNS[1:]
+LABELS = {"oracle": "oracle", "untrained_oracle": "untrained", "ablated_zero": "no activation",
+          "ablated_shuffle": "shuffled", "ablated_random": "random", "black_box": "black box",
+          "logit_lens": "logit lens", "linear_probe": "linear probe"}
+
+
+@dataclass(frozen=True)
+class RealDemoConfig:
+    """Every setting of the real pipeline (all in the stamps)."""
+
+    smoke: bool = False
+    taboo_words: tuple[str, ...] = tuple(TABOO_CLUES)
+    genders: tuple[str, ...] = ("male", "female")
+    organism: OrganismConfig = field(default_factory=OrganismConfig)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    adapter: AdapterConfig = field(default_factory=lambda: AdapterConfig(rank=16, alpha=32, dropout=0.0))
+    learning_rate: float = 5e-4
+    batch_size: int = 8
+    epochs: int = 1
+    read_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    audit_prompts: int | None = None
+    """Audit prompts per organism (``None``: all of them)."""
+    n_resamples: int = 1000
+    threads: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["adapter"] = self.adapter.to_dict()
+        return out
+
+
+def real_config(smoke: bool = False) -> RealDemoConfig:
+    """The full pipeline, or the smoke run (a few examples of everything, about two minutes)."""
+    if not smoke:
+        return RealDemoConfig()
+    return RealDemoConfig(
+        smoke=True, taboo_words=("moon", "gold"),
+        organism=OrganismConfig(examples=8, epochs=1, samples=6, reply_tokens=12),
+        mixture=MixtureConfig(context_passes=1, classification_passes=1, spqa_passes=1, persona_prompts=2,
+                              reply_tokens=12, limit_texts=3),
+        audit_prompts=3, n_resamples=100,
+    )
+
+
+@dataclass(frozen=True)
+class RealDemoResult:
+    """The audit table and what it was measured with."""
+
+    config: RealDemoConfig
+    seed: int
+    organisms: tuple[RealOrganism, ...]
+    scores: dict[str, dict[str, Score]]
+    """Organism kind -> method -> score pooled over the kind's audit items."""
+    base_reading: dict[str, Score]
+    """Organism kind -> the oracle reading the *base* model on the same prompts."""
+    chance: dict[str, float]
+    report: EvalReport
+    oracle_metrics: dict[str, Any]
+    timings: dict[str, Any]
+
+    def margin(self, kind: str) -> tuple[str, float]:
+        """The best control and the oracle's lead over it."""
+        best = max(CONTROLS, key=lambda m: self.scores[kind][m].mean)
+        return best, self.scores[kind]["oracle"].mean - self.scores[kind][best].mean
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed, "config": self.config.to_dict(),
+            "organisms": {o.name: {k: v for k, v in o.verification.items()} for o in self.organisms},
+            "scores": {k: {m: s.to_dict() for m, s in v.items()} for k, v in self.scores.items()},
+            "base_reading": {k: s.to_dict() for k, s in self.base_reading.items()},
+            "chance": self.chance, "oracle": self.oracle_metrics,
+            "margins": {k: dict(zip(("best_control", "margin"), self.margin(k), strict=True)) for k in self.scores},
+        }
+
+
+def base_folder() -> Path:
+    """SmolLM2's converted folder, or a clear error saying how to get it."""
+    folder = fetched_model("smollm2")
+    if folder is None:
+        raise ModelLoadError(
+            "the real demo needs SmolLM2-135M-Instruct; fetch it once with `make real-model` "
+            "(or `lens-oracle fetch smollm2`), then run this again"
+        )
+    return folder
+
+
+T = TypeVar("T")
+
+
+def _timed(timings: dict[str, Any], stage: str, fn: Callable[[], T]) -> T:
+    start = time.perf_counter()
+    out = fn()
+    timings[stage] = round(time.perf_counter() - start, 1)
+    return out
+
+
+def build_organisms(base: Path, config: RealDemoConfig, texts: dict[str, list[str]], cache: Path, seed: int,
+                    base_stamp: Any, *, progress: bool = True) -> list[RealOrganism]:
+    """Every organism of the run, built or reused."""
+    n, c = config.organism.examples, config.organism
+    out = [build_organism(base, "taboo", w, taboo_dialogs(w, n, seed), cache, c, seed, base_stamp=base_stamp,
+                          progress=progress) for w in config.taboo_words]
+    replies = texts["user_requests"]
+    out += [build_organism(base, "user_gender", g, gender_dialogs(g, replies, n, seed), cache, c, seed,
+                           base_stamp=base_stamp, progress=progress) for g in config.genders]
+    return out
+
+
+def load_or_train_oracle(base: Path, config: RealDemoConfig, texts: dict[str, list[str]], cache: Path, seed: int,
+                         base_stamp: Any, *, progress: bool = True) -> tuple[ActivationOracle, dict[str, Any]]:
+    """The oracle from ``cache`` if its stamp matches, else trained (resumable) and saved."""
+    folder = cache / f"oracle-{'smoke' if config.smoke else 'full'}-seed{seed}"
+    settings = {"format_version": FORMAT_VERSION, "base": base_stamp, "seed": seed, "config": config.to_dict(),
+                "texts": digest(texts)}
+    stamp = read_stamp(folder, ORACLE_STAMP)
+    if stamp is not None and stamp.get("settings") == settings:
+        log.info("reusing the cached real oracle in %s", folder)
+        return ActivationOracle.load(folder, str(base)), {**stamp["metrics"], "cached": True}
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        oracle = ActivationOracle.create(str(base), adapter=config.adapter, name="SmolLM2-135M-Instruct")
+    layers = layers_from_fractions(oracle.model.n_layers, config.read_fractions)
+    examples = build_real_mixture(oracle.model, layers, config.mixture, texts, seed, cache=cache, progress=progress)
+    train = TrainConfig(learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
+                        seed=seed, progress=progress, checkpoint_every=50)
+    checkpoints = cache / f"{folder.name}.checkpoints-{digest(settings)}"
+    start = time.perf_counter()
+    with torch.random.fork_rng():
+        result = train_oracle(oracle, examples, train, checkpoint_dir=checkpoints, resume=checkpoints.is_dir())
+    tasks: dict[str, int] = {}
+    for e in examples:
+        tasks[e.task] = tasks.get(e.task, 0) + 1
+    tail = result.losses[-20:]
+    metrics = {"examples": len(examples), "tasks": tasks, "steps": result.steps, "layers": list(layers),
+               "train_seconds": round(time.perf_counter() - start, 1), "final_loss": round(sum(tail) / len(tail), 4)}
+    oracle.save(folder, overwrite=True)
+    atomic_write_json(folder / ORACLE_STAMP, {"settings": settings, "metrics": metrics})
+    return oracle, metrics
+
+
+def organism_task(organism: RealOrganism, tokenizer: Any, config: RealDemoConfig) -> EvalTask:
+    """The audit of one organism: its audit prompts (never fine-tuned on), and its fine-tuning
+    prompts as the linear probe's labelled training items."""
+    if organism.kind == "taboo":
+        audit, train, question = HINT_REQUESTS[TABOO_SPLIT:], HINT_REQUESTS[:TABOO_SPLIT], TABOO_QUESTION
+        candidates = config.taboo_words
+    else:
+        audit, train, question = AUDIT_REQUESTS, USER_REQUESTS, GENDER_QUESTION
+        candidates = config.genders
+    audit = audit[: config.audit_prompts] if config.audit_prompts else audit
+    train = train[: config.audit_prompts] if config.audit_prompts else train
+
+    def items(requests: tuple[str, ...]) -> tuple[EvalItem, ...]:
+        return tuple(EvalItem(context=tuple(prompt_ids(tokenizer, r)), references=(organism.secret,))
+                     for r in requests)
+
+    return EvalTask(name=organism.name, items=items(audit), questions=(question,), positions=LastK(READ_LAST),
+                    candidates=tuple(candidates), target=TargetSpec(model=str(organism.folder)),
+                    train_items=items(train), max_new_tokens=6)
+
+
+def audit(oracle: ActivationOracle, organisms: list[RealOrganism], config: RealDemoConfig, seed: int
+          ) -> tuple[EvalReport, dict[str, dict[str, Score]], dict[str, Score]]:
+    """Every method on every kind's items; the pooled scores per kind; the base-model reading."""
+    tok = oracle.model.tokenizer
+    kinds: dict[str, list[EvalTask]] = {}
+    for o in organisms:
+        kinds.setdefault(o.kind, []).append(organism_task(o, tok, config))
+    cache: dict[str, Any] = {}
+    reports, scores, base = [], {}, {}
+    for kind, tasks in kinds.items():
+        pooled = run_pooled(oracle, tasks, kind, methods=POOLED, seed=seed, n_resamples=config.n_resamples,
+                            cache=cache)
+        per = run_tasks(oracle, tasks, methods=PER_TARGET, seed=seed, n_resamples=config.n_resamples)
+        at_base = run_pooled(oracle, [dataclasses.replace(t, target=TargetSpec()) for t in tasks], f"{kind}@base",
+                             methods=("oracle",), seed=seed, n_resamples=config.n_resamples)
+        reports += [pooled, per, at_base]
+        kind_scores = {m: pooled.get(kind, m).score for m in POOLED}
+        for m in ("black_box", "logit_lens"):
+            pooled_items = [s for t in tasks for s in per.get(t.name, m).item_scores]
+            kind_scores[m] = summarize(pooled_items, seed, n_resamples=config.n_resamples)
+        scores[kind] = kind_scores
+        base[kind] = at_base.get(f"{kind}@base", "oracle").score
+    return merge_reports(reports), scores, base
+
+
+def run_real_demo(out: str | os.PathLike[str], *, seed: int = 0, smoke: bool = False,
+                  cache: str | os.PathLike[str] | None = None, progress: bool = True,
+                  config: RealDemoConfig | None = None) -> RealDemoResult:
+    """Build or reuse every stage, audit the organisms, write ``results.json`` and ``results.md``."""
+    config = config or real_config(smoke)
+    if config.smoke != smoke:
+        raise ConfigError(f"config.smoke is {config.smoke} but smoke={smoke}; make them agree")
+    root = Path(cache) if cache is not None else cache_root()
+    check_arguments(out, seed, root)
+    base = base_folder()
+    work = root / "real"
+    work.mkdir(parents=True, exist_ok=True)
+    before = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        result = _run_stages(base, config, work, seed, progress)
+    finally:
+        torch.set_num_threads(before)
+    write_outputs(result, Path(out))
+    return result
+
+
+def _run_stages(base: Path, config: RealDemoConfig, work: Path, seed: int, progress: bool) -> RealDemoResult:
+    timings: dict[str, Any] = {"threads": torch.get_num_threads()}
+    start = time.perf_counter()
+    base_stamp = digest((read_stamp(base, "gguf_source.stamp.json") or {}).get("settings", str(base)))
+    model = load_model(str(base), trainable=False)
+    texts = _timed(timings, "generations", lambda: generations(model, config.mixture, work, base_stamp,
+                                                                progress=progress))
+    del model
+    organisms = _timed(timings, "organisms", lambda: build_organisms(base, config, texts, work, seed, base_stamp,
+                                                                     progress=progress))
+    oracle, metrics = _timed(timings, "oracle", lambda: load_or_train_oracle(base, config, texts, work, seed,
+                                                                              base_stamp, progress=progress))
+    report, scores, base_reading = _timed(timings, "audit", lambda: audit(oracle, organisms, config, seed))
+    timings["total"] = round(time.perf_counter() - start, 1)
+    chance = {"taboo": 1 / len(config.taboo_words), "user_gender": 1 / len(config.genders)}
+    return RealDemoResult(config, seed, tuple(organisms), scores, base_reading,
+                          {k: chance[k] for k in scores}, report, metrics, timings)
+
+
+def format_table(result: RealDemoResult) -> str:
+    """The audit table (markdown): every method, chance, the base-model reading, the probe."""
+    head = ["organisms", "items", *(LABELS[m] for m in COLUMNS), "chance", "oracle on base", "linear probe*"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind, s in result.scores.items():
+        cells = [kind, str(s["oracle"].n), *(f"{s[m].mean:.2f} [{s[m].low:.2f}, {s[m].high:.2f}]" if m == "oracle"
+                                              else f"{s[m].mean:.2f}" for m in COLUMNS),
+                 f"{result.chance[kind]:.2f}", f"{result.base_reading[kind].mean:.2f}", f"{s['linear_probe'].mean:.2f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("*the linear probe is a supervised reference (trained on the organisms' fine-tuning prompts), "
+                 "not a control.")
+    for kind in result.scores:
+        best, margin = result.margin(kind)
+        lines.append(f"- {kind}: oracle {margin:+.2f} over the best control ({LABELS[best]})")
+    for o in result.organisms:
+        v = {k: x for k, x in o.verification.items() if k not in ("examples",)}
+        lines.append(f"- organism {o.name}: {v}")
+    return "\n".join(lines)
+
+
+def write_outputs(result: RealDemoResult, out: Path) -> list[Path]:
+    """``results.json`` (scores, verification, settings), ``timings.json``, ``report.json``, ``results.md``."""
+    import json
+
+    return [
+        atomic_write_text(out / "results.json", json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n"),
+        atomic_write_json(out / "timings.json", {**result.timings, "oracle": result.oracle_metrics}),
+        atomic_write_text(out / "report.json", result.report.to_json()),
+        atomic_write_text(out / "results.md", format_table(result) + "\n"),
+    ]
+
+
+__all__ = ["RealDemoConfig", "RealDemoResult", "audit", "format_table", "real_config", "run_real_demo"]
