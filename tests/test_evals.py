@@ -7,6 +7,7 @@ input carries no information about the answer. The controls must separate the tw
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import random
@@ -25,7 +26,7 @@ from lens_oracle.evals.controls import oracle_p_yes
 from lens_oracle.evals.methods import CONTROLS, METHODS, MethodContext
 from lens_oracle.evals.metrics import auroc, expected_calibration_error
 from lens_oracle.evals.report import EvalReport
-from lens_oracle.evals.runner import run_method, run_task, sweep
+from lens_oracle.evals.runner import run_method, run_pooled, run_task, run_tasks, sweep
 from lens_oracle.evals.targets import Target, prepare, resolve_target
 from lens_oracle.evals.taskfile import save_tasks
 from lens_oracle.evals.tasks import EvalItem, EvalTask, TargetSpec
@@ -502,3 +503,44 @@ def test_each_position_asked_alone_is_scored_over_its_positions(oracle, task) ->
     assert tasks_from_json(tasks_to_json([two])) == (two,)
     with pytest.raises(EvalError, match="granularity must be one of"):  # a task file's typo
         tasks_from_json(tasks_to_json([two]).replace('"each"', '"tokens"'))
+
+
+# ---------------------------------------------------------------- pooled tasks (one target per answer)
+
+
+def _one_label_tasks(task: EvalTask, model_folders: tuple[Path, Path]) -> list[EvalTask]:
+    """Two tasks, each reading its own folder and holding as many items of one colour only."""
+    colours = sorted({i.label for i in task.items})[:2]
+    n = min(sum(i.label == c for i in task.items) for c in colours)
+    return [
+        dataclasses.replace(
+            task, name=f"only-{c}", items=tuple(i for i in task.items if i.label == c)[:n],
+            train_items=tuple(i for i in task.train_items if i.label in colours), target=TargetSpec(model=str(folder)),
+        )
+        for c, folder in zip(colours, model_folders, strict=True)
+    ]
+
+
+def test_pooled_items_keep_their_own_targets_and_the_shuffle_crosses_them(oracle, task, model_folders) -> None:
+    tasks = _one_label_tasks(task, model_folders)
+    methods = ("oracle", "ablated_zero", "ablated_shuffle", "linear_probe")
+    pooled = run_pooled(oracle, tasks, "both", methods=methods, seed=0, n_resamples=50)
+    apart = run_tasks(oracle, tasks, methods=("oracle", "ablated_shuffle"), seed=0, n_resamples=50)
+    want = [s for t in tasks for s in apart.get(t.name, "oracle").item_scores]
+    assert list(pooled.get("both", "oracle").item_scores) == want  # each item read from its own folder
+    assert len(want) == sum(len(t.items) for t in tasks) > 0
+    # Within one task every item has the same answer: the shuffle cannot avoid it. Pooled, it can.
+    assert all(apart.get(t.name, "ablated_shuffle").extras["shuffle_same_label_items"] == len(t.items) for t in tasks)
+    assert pooled.get("both", "ablated_shuffle").extras["shuffle_same_label_items"] == 0
+    assert {r.method for r in pooled.results} == set(methods)
+
+
+def test_pooling_refuses_target_methods_and_tasks_read_differently(oracle, task, model_folders) -> None:
+    tasks = _one_label_tasks(task, model_folders)
+    with pytest.raises(EvalError, match="black_box"):
+        run_pooled(oracle, tasks, "both", methods=("oracle", "black_box"))
+    other = [tasks[0], dataclasses.replace(tasks[1], layer=READ_LAYER + 1)]
+    with pytest.raises(EvalError, match="layer differ"):
+        run_pooled(oracle, other, "both", methods=("oracle",))
+    with pytest.raises(EvalError, match="no tasks"):
+        run_pooled(oracle, [], "both")

@@ -108,6 +108,26 @@ def test_generate_text_decodes_generate_ids(model) -> None:
     assert all(len(r) <= 5 for r in ids)
 
 
+def test_sampling_is_seeded_and_leaves_the_global_rng_alone(model) -> None:
+    import torch
+
+    from lens_oracle.errors import PromptError
+
+    prompts = [[1, 10, 11, 12]] * 6
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
+    first = generate_ids(model, prompts, 8, temperature=1.0, seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert generate_ids(model, prompts, 8, temperature=1.0, seed=1) == first
+    assert generate_ids(model, prompts, 8, temperature=1.0, seed=2) != first
+    assert len({tuple(r) for r in first}) > 1  # six samples of one prompt are not all the same
+    greedy = generate_ids(model, prompts, 8)
+    assert len({tuple(r) for r in greedy}) == 1 and generate_ids(model, prompts, 8, seed=5) == greedy
+    for bad in (-0.5, 11.0):
+        with pytest.raises(PromptError, match="temperature"):
+            generate_ids(model, prompts, 8, temperature=bad)
+
+
 def test_toy_mixture_on_policy_option() -> None:
     from lens_oracle.toy.language import make_world
     from lens_oracle.toy.oracle_data import ToyMixtureConfig, build_toy_mixture

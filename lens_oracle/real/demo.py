@@ -22,10 +22,12 @@ the measurements in REFERENCE.md §7 (see the README's account).
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,28 +37,32 @@ import torch
 from lens_oracle.config import AdapterConfig, TrainConfig
 from lens_oracle.data.layers import layers_from_fractions
 from lens_oracle.errors import ConfigError, ModelLoadError
-from lens_oracle.evals.metrics import Score, summarize
+from lens_oracle.evals.metrics import Score, normalize_answer, summarize
 from lens_oracle.evals.report import EvalReport, merge_reports
 from lens_oracle.evals.runner import run_pooled, run_tasks
 from lens_oracle.evals.tasks import EvalItem, EvalTask, TargetSpec
 from lens_oracle.fetch import fetched_model
+from lens_oracle.generation import generate_text
 from lens_oracle.io import atomic_write_json, atomic_write_text, cache_root
 from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.positions import LastK
-from lens_oracle.real.mixture import MixtureConfig, build_real_mixture, generations
+from lens_oracle.real.mixture import MixtureConfig, build_real_mixture, generations, persona_prompts
 from lens_oracle.real.organisms import (
     OrganismConfig,
     RealOrganism,
     build_organism,
+    chat_ids,
     gender_dialogs,
     prompt_ids,
     taboo_dialogs,
 )
 from lens_oracle.real.text import (
     AUDIT_REQUESTS,
+    CHAT_PROMPTS,
     GENDER_QUESTION,
     HINT_REQUESTS,
+    PERSONAS,
     TABOO_CLUES,
     TABOO_QUESTION,
     TABOO_SPLIT,
@@ -72,12 +78,19 @@ FORMAT_VERSION = 1
 READ_LAST = 10
 """Audit read positions: the prompt's last 10 tokens (AO's best User Gender reading, 99.5%):
 the end of the user's message and the assistant header."""
-ORACLE_STAMP = "real_oracle.json"
+ORACLE_STAMP = "real_oracle.stamp.json"
+MAX_NEW_TOKENS = 16
+"""Room for a sentence: the untrained oracle and the black box answer in sentences."""
+SYNONYMS = {"male": ("man", "boy", "gentleman", "sir"), "female": ("woman", "girl", "lady", "ma'am", "madam")}
+"""Every answer is scored ``contains`` (the answer, or a synonym, as whole words anywhere in the
+reply), so a control that answers in a sentence ("The user is a man.") scores as it should."""
 POOLED = ("oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "ablated_random", "linear_probe")
 PER_TARGET = ("oracle", "black_box", "logit_lens")
 COLUMNS = ("oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "ablated_random", "black_box",
            "logit_lens")
 CONTROLS = COLUMNS[1:]
+TIMES = ("train_seconds", "cached")
+"""Kept out of ``results.json`` (which is the same bytes for the same seed) and in ``timings.json``."""
 LABELS = {"oracle": "oracle", "untrained_oracle": "untrained", "ablated_zero": "no activation",
           "ablated_shuffle": "shuffled", "ablated_random": "random", "black_box": "black box",
           "logit_lens": "logit lens", "linear_probe": "linear probe"}
@@ -136,6 +149,14 @@ class RealDemoResult:
     report: EvalReport
     oracle_metrics: dict[str, Any]
     timings: dict[str, Any]
+    answers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Organism kind -> how the oracle answered: the share of answers that are a candidate (in
+    kind) and its most common answers, reading the organisms and reading the base model."""
+
+    @property
+    def organism_scores(self) -> dict[str, dict[str, Score]]:
+        """The organism kinds' rows (``scores`` also holds the held-out persona checks)."""
+        return {k: v for k, v in self.scores.items() if k in self.chance}
 
     def margin(self, kind: str) -> tuple[str, float]:
         """The best control and the oracle's lead over it."""
@@ -145,11 +166,12 @@ class RealDemoResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "seed": self.seed, "config": self.config.to_dict(),
-            "organisms": {o.name: {k: v for k, v in o.verification.items()} for o in self.organisms},
+            "organisms": {o.name: {k: v for k, v in o.verification.items() if k not in TIMES} for o in self.organisms},
             "scores": {k: {m: s.to_dict() for m, s in v.items()} for k, v in self.scores.items()},
             "base_reading": {k: s.to_dict() for k, s in self.base_reading.items()},
-            "chance": self.chance, "oracle": self.oracle_metrics,
-            "margins": {k: dict(zip(("best_control", "margin"), self.margin(k), strict=True)) for k in self.scores},
+            "chance": self.chance, "oracle": {k: v for k, v in self.oracle_metrics.items() if k not in TIMES},
+            "answers": self.answers,
+            "margins": {k: dict(zip(("best_control", "margin"), self.margin(k), strict=True)) for k in self.organism_scores},
         }
 
 
@@ -190,8 +212,10 @@ def load_or_train_oracle(base: Path, config: RealDemoConfig, texts: dict[str, li
                          base_stamp: Any, *, progress: bool = True) -> tuple[ActivationOracle, dict[str, Any]]:
     """The oracle from ``cache`` if its stamp matches, else trained (resumable) and saved."""
     folder = cache / f"oracle-{'smoke' if config.smoke else 'full'}-seed{seed}"
-    settings = {"format_version": FORMAT_VERSION, "base": base_stamp, "seed": seed, "config": config.to_dict(),
-                "texts": digest(texts)}
+    settings = json.loads(json.dumps({  # as the stamp reads back (tuples become lists)
+        "format_version": FORMAT_VERSION, "base": base_stamp, "seed": seed, "config": config.to_dict(),
+        "texts": digest(texts),
+    }))
     stamp = read_stamp(folder, ORACLE_STAMP)
     if stamp is not None and stamp.get("settings") == settings:
         log.info("reusing the cached real oracle in %s", folder)
@@ -236,18 +260,54 @@ def organism_task(organism: RealOrganism, tokenizer: Any, config: RealDemoConfig
 
     return EvalTask(name=organism.name, items=items(audit), questions=(question,), positions=LastK(READ_LAST),
                     candidates=tuple(candidates), target=TargetSpec(model=str(organism.folder)),
-                    train_items=items(train), max_new_tokens=6)
+                    train_items=items(train), scorer="contains", synonyms=SYNONYMS, max_new_tokens=MAX_NEW_TOKENS)
+
+
+def persona_tasks(oracle: ActivationOracle, config: RealDemoConfig) -> list[EvalTask]:
+    """The oracle's own kind of question on held-out chats: each persona answers prompts it was
+    not trained on (SmolLM2's own replies, generated here), read over the chat's last
+    :data:`READ_LAST` tokens (the reply's end; never the instruction) of the base model. Asks the
+    job (8 candidates) and the mood (3): did the oracle learn to read activations at all?"""
+    tok = oracle.model.tokenizer
+    personas = list(PERSONAS[: config.mixture.limit_texts] if config.mixture.limit_texts else PERSONAS)
+    chats = []
+    for i, persona in enumerate(personas):
+        trained = set(persona_prompts(i, config.mixture))
+        for request in [p for p in CHAT_PROMPTS if p not in trained][: config.audit_prompts or 4]:
+            chats.append((persona, [{"role": "system", "content": persona.system}, {"role": "user", "content": request}]))
+    replies = generate_text(oracle.model, [chat_ids(tok, m, generation_prompt=True) for _, m in chats],
+                            config.mixture.reply_tokens)
+    tasks = []
+    for k, kind in ((0, "job"), (1, "mood")):
+        items = tuple(
+            EvalItem(context=tuple(chat_ids(tok, [*m, {"role": "assistant", "content": reply}], generation_prompt=False)),
+                     references=(persona.qa[k][1],), questions=(persona.qa[k][0],))
+            for (persona, m), reply in zip(chats, replies, strict=True)
+        )
+        candidates = tuple(dict.fromkeys(p.qa[k][1] for p in personas))
+        tasks.append(EvalTask(name=f"persona_{kind}", items=items, positions=LastK(READ_LAST), candidates=candidates,
+                              scorer="contains", max_new_tokens=MAX_NEW_TOKENS))
+    return tasks
+
+
+def answer_summary(predictions: Sequence[str], candidates: Sequence[str]) -> dict[str, Any]:
+    """The share of answers that name a candidate, and the five most common answers."""
+    normal = [normalize_answer(p) for p in predictions]
+    wanted = {normalize_answer(c) for c in candidates}
+    return {"in_kind": round(sum(n in wanted for n in normal) / max(len(normal), 1), 4),
+            "most_common": [[a, n] for a, n in Counter(normal).most_common(5)]}
 
 
 def audit(oracle: ActivationOracle, organisms: list[RealOrganism], config: RealDemoConfig, seed: int
-          ) -> tuple[EvalReport, dict[str, dict[str, Score]], dict[str, Score]]:
-    """Every method on every kind's items; the pooled scores per kind; the base-model reading."""
+          ) -> tuple[EvalReport, dict[str, dict[str, Score]], dict[str, Score], dict[str, dict[str, Any]]]:
+    """Every method on every kind's items; the pooled scores per kind; the base-model reading;
+    how the oracle answered."""
     tok = oracle.model.tokenizer
     kinds: dict[str, list[EvalTask]] = {}
     for o in organisms:
         kinds.setdefault(o.kind, []).append(organism_task(o, tok, config))
     cache: dict[str, Any] = {}
-    reports, scores, base = [], {}, {}
+    reports, scores, base, answers = [], {}, {}, {}
     for kind, tasks in kinds.items():
         pooled = run_pooled(oracle, tasks, kind, methods=POOLED, seed=seed, n_resamples=config.n_resamples,
                             cache=cache)
@@ -261,7 +321,17 @@ def audit(oracle: ActivationOracle, organisms: list[RealOrganism], config: RealD
             kind_scores[m] = summarize(pooled_items, seed, n_resamples=config.n_resamples)
         scores[kind] = kind_scores
         base[kind] = at_base.get(f"{kind}@base", "oracle").score
-    return merge_reports(reports), scores, base
+        candidates = tasks[0].candidates
+        answers[kind] = {
+            "organisms": answer_summary(pooled.get(kind, "oracle").predictions[0], candidates),
+            "base_model": answer_summary(at_base.get(f"{kind}@base", "oracle").predictions[0], candidates),
+        }
+    checks = run_tasks(oracle, persona_tasks(oracle, config), methods=("oracle", "ablated_zero", "ablated_shuffle"),
+                       seed=seed, n_resamples=config.n_resamples)
+    reports.append(checks)
+    for task in ("persona_job", "persona_mood"):
+        scores[task] = {m: checks.get(task, m).score for m in ("oracle", "ablated_zero", "ablated_shuffle")}
+    return merge_reports(reports), scores, base, answers
 
 
 def run_real_demo(out: str | os.PathLike[str], *, seed: int = 0, smoke: bool = False,
@@ -272,8 +342,8 @@ def run_real_demo(out: str | os.PathLike[str], *, seed: int = 0, smoke: bool = F
     if config.smoke != smoke:
         raise ConfigError(f"config.smoke is {config.smoke} but smoke={smoke}; make them agree")
     root = Path(cache) if cache is not None else cache_root()
-    check_arguments(out, seed, root)
     base = base_folder()
+    check_arguments(out, seed, root)
     work = root / "real"
     work.mkdir(parents=True, exist_ok=True)
     before = torch.get_num_threads()
@@ -290,26 +360,25 @@ def _run_stages(base: Path, config: RealDemoConfig, work: Path, seed: int, progr
     timings: dict[str, Any] = {"threads": torch.get_num_threads()}
     start = time.perf_counter()
     base_stamp = digest((read_stamp(base, "gguf_source.stamp.json") or {}).get("settings", str(base)))
-    model = load_model(str(base), trainable=False)
-    texts = _timed(timings, "generations", lambda: generations(model, config.mixture, work, base_stamp,
-                                                                progress=progress))
-    del model
+    texts = _timed(timings, "generations", lambda: generations(
+        load_model(str(base), trainable=False), config.mixture, work, base_stamp, progress=progress
+    ))
     organisms = _timed(timings, "organisms", lambda: build_organisms(base, config, texts, work, seed, base_stamp,
                                                                      progress=progress))
     oracle, metrics = _timed(timings, "oracle", lambda: load_or_train_oracle(base, config, texts, work, seed,
                                                                               base_stamp, progress=progress))
-    report, scores, base_reading = _timed(timings, "audit", lambda: audit(oracle, organisms, config, seed))
+    report, scores, base_reading, answers = _timed(timings, "audit", lambda: audit(oracle, organisms, config, seed))
     timings["total"] = round(time.perf_counter() - start, 1)
     chance = {"taboo": 1 / len(config.taboo_words), "user_gender": 1 / len(config.genders)}
     return RealDemoResult(config, seed, tuple(organisms), scores, base_reading,
-                          {k: chance[k] for k in scores}, report, metrics, timings)
+                          {k: chance[k] for k in chance}, report, metrics, timings, answers)
 
 
 def format_table(result: RealDemoResult) -> str:
     """The audit table (markdown): every method, chance, the base-model reading, the probe."""
     head = ["organisms", "items", *(LABELS[m] for m in COLUMNS), "chance", "oracle on base", "linear probe*"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for kind, s in result.scores.items():
+    for kind, s in result.organism_scores.items():
         cells = [kind, str(s["oracle"].n), *(f"{s[m].mean:.2f} [{s[m].low:.2f}, {s[m].high:.2f}]" if m == "oracle"
                                               else f"{s[m].mean:.2f}" for m in COLUMNS),
                  f"{result.chance[kind]:.2f}", f"{result.base_reading[kind].mean:.2f}", f"{s['linear_probe'].mean:.2f}"]
@@ -317,22 +386,33 @@ def format_table(result: RealDemoResult) -> str:
     lines.append("")
     lines.append("*the linear probe is a supervised reference (trained on the organisms' fine-tuning prompts), "
                  "not a control.")
-    for kind in result.scores:
+    lines.append("")
+    lines.append("The oracle's own kind of question, on held-out persona chats (the base model read, instruction never):")
+    for task, s in result.scores.items():
+        if task not in result.organism_scores:
+            lines.append(f"- {task}: oracle {s['oracle'].mean:.2f} [{s['oracle'].low:.2f}, {s['oracle'].high:.2f}], "
+                         f"no activation {s['ablated_zero'].mean:.2f}, shuffled {s['ablated_shuffle'].mean:.2f} "
+                         f"({s['oracle'].n} items)")
+    for kind in result.organism_scores:
         best, margin = result.margin(kind)
         lines.append(f"- {kind}: oracle {margin:+.2f} over the best control ({LABELS[best]})")
+    for kind, how in result.answers.items():
+        lines.append(f"- {kind}: oracle answers in kind {how['organisms']['in_kind']:.2f}; most common "
+                     f"{how['organisms']['most_common'][:3]} (reading the base model: {how['base_model']['most_common'][:3]})")
     for o in result.organisms:
-        v = {k: x for k, x in o.verification.items() if k not in ("examples",)}
+        v = {k: x for k, x in o.verification.items() if k not in ("examples", *TIMES)}
         lines.append(f"- organism {o.name}: {v}")
     return "\n".join(lines)
 
 
 def write_outputs(result: RealDemoResult, out: Path) -> list[Path]:
     """``results.json`` (scores, verification, settings), ``timings.json``, ``report.json``, ``results.md``."""
-    import json
-
     return [
         atomic_write_text(out / "results.json", json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n"),
-        atomic_write_json(out / "timings.json", {**result.timings, "oracle": result.oracle_metrics}),
+        atomic_write_json(out / "timings.json", {
+            **result.timings, "oracle_training": {k: result.oracle_metrics.get(k) for k in TIMES},
+            "organism_training": {o.name: o.verification.get("train_seconds") for o in result.organisms},
+        }),
         atomic_write_text(out / "report.json", result.report.to_json()),
         atomic_write_text(out / "results.md", format_table(result) + "\n"),
     ]

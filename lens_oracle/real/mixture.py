@@ -80,7 +80,7 @@ def generations(model: LoadedModel, config: MixtureConfig, cache: Path, base_sta
                       for t in _head(SENTIMENT_TOPICS, config.limit_texts)],
         "persona": [chat_ids(tok, [{"role": "system", "content": p.system}, {"role": "user", "content": q}],
                              generation_prompt=True)
-                    for i, p in enumerate(personas) for q in _persona_prompts(i, config)],
+                    for i, p in enumerate(personas) for q in persona_prompts(i, config)],
         "user_requests": [prompt_ids(tok, r) for r in _head(USER_REQUESTS, config.limit_texts)],
     }
     key = digest({"base": base_stamp, "asks": asks, "tokens": config.reply_tokens})
@@ -97,7 +97,8 @@ def generations(model: LoadedModel, config: MixtureConfig, cache: Path, base_sta
     return out
 
 
-def _persona_prompts(index: int, config: MixtureConfig) -> list[str]:
+def persona_prompts(index: int, config: MixtureConfig) -> list[str]:
+    """The user prompts persona ``index`` answers in the training chats (a seeded draw)."""
     rng = random.Random(index)
     return rng.sample(list(CHAT_PROMPTS), config.persona_prompts)
 
@@ -129,7 +130,7 @@ def build_real_mixture(model: LoadedModel, layers: Sequence[int], config: Mixtur
     personas = _head(PERSONAS, config.limit_texts)
     rows, at = [], 0
     for i, persona in enumerate(personas):
-        for question in _persona_prompts(i, config):
+        for question in persona_prompts(i, config):
             reply = texts["persona"][at]
             at += 1
             if reply.strip():
@@ -146,4 +147,4 @@ def build_real_mixture(model: LoadedModel, layers: Sequence[int], config: Mixtur
     return examples
 
 
-__all__ = ["MixtureConfig", "build_real_mixture", "generations"]
+__all__ = ["MixtureConfig", "build_real_mixture", "generations", "persona_prompts"]

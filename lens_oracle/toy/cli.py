@@ -46,6 +46,14 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="the diversity ablation: the oracle trains on the whole mixture (default) or on one kind "
         "of task alone at the same example count; cached apart",
     )
+    parser.add_argument(
+        "--real", action="store_true",
+        help="the real-model pipeline instead of the toy world: SmolLM2-135M-Instruct organisms and oracle "
+        "(needs `make real-model`; about 30 minutes on 2 CPU cores, cached and resumable)",
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="with --real: a few examples of every stage (about 2 minutes)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -60,6 +68,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # one bar per tiny checkpoint load is noise; ours stay
     if not args.no_progress:
         logging.getLogger("lens_oracle.toy").setLevel(logging.INFO)
+    if args.real or args.smoke:
+        return _run_real_command(args)
     if args.seeds is not None or args.threads is not None:
         return _run_sweep_command(args)
     from lens_oracle.toy.demo_records import demo_config
@@ -74,6 +84,30 @@ def run_demo_command(args: argparse.Namespace) -> int:
         f"{k} {times[k]:.0f} s" for k in ("base_model", "organisms", "oracle", "evaluation")
     )
     print(f"took {times['total']:.0f} s ({stages}); wrote {args.out}/results.json and demo.png")
+    sys.stdout.flush()
+    return 0
+
+
+def _run_real_command(args: argparse.Namespace) -> int:
+    from lens_oracle.errors import ConfigError
+
+    if not args.real:
+        raise ConfigError("--smoke is the small version of --real; give --real --smoke")
+    other = [flag for flag, on in (("--quick", args.quick), ("--seeds", args.seeds is not None),
+                                   ("--threads", args.threads is not None), ("--on-policy", args.on_policy),
+                                   ("--mixture", args.mixture != "full")) if on]
+    if other:
+        raise ConfigError(f"{', '.join(other)} belong to the toy demo; --real takes --smoke, --seed, --out, --cache")
+    from lens_oracle.real.demo import format_table, run_real_demo
+
+    if not args.no_progress:
+        logging.getLogger("lens_oracle.real").setLevel(logging.INFO)
+    result = run_real_demo(args.out, seed=args.seed, smoke=args.smoke, cache=args.cache,
+                           progress=not args.no_progress)
+    print(format_table(result))
+    times = result.timings
+    stages = ", ".join(f"{k} {times[k]:.0f} s" for k in ("generations", "organisms", "oracle", "audit"))
+    print(f"took {times['total']:.0f} s ({stages}); wrote {args.out}/results.json and results.md")
     sys.stdout.flush()
     return 0
 
