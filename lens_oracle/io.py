@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from lens_oracle.errors import ArtifactError
+from lens_oracle.errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -147,3 +147,41 @@ def cache_root() -> Path:
     models): ``$LENS_ORACLE_CACHE`` or ``~/.cache/lens_oracle``."""
     configured = os.environ.get("LENS_ORACLE_CACHE")
     return Path(configured) if configured else Path.home() / ".cache" / "lens_oracle"
+
+
+MAX_SEED = 2**31 - 1
+
+
+def digest(obj: Any) -> str:
+    """A short stable hash of JSON-able ``obj`` (for the stamps of cached artifacts)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+def read_json_stamp(folder: str | os.PathLike[str], name: str) -> dict[str, Any] | None:
+    """The JSON stamp ``name`` in ``folder`` (settings a cached artifact was built with), or
+    ``None`` if absent or unreadable."""
+    path = Path(folder) / name
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_run_arguments(out: str | os.PathLike[str], seed: int, cache: str | os.PathLike[str]) -> None:
+    """Refuse a bad seed or an unwritable output or cache folder before a pipeline (the toy or the
+    real demo) starts any work."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed is {seed!r}; give an integer from 0 to {MAX_SEED}")
+    for label, folder in (("output", Path(out)), ("cache", Path(cache))):
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"the {label} folder {folder} is a file; give a folder path")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot write to the {label} folder {folder} ({exc.strerror or exc}); "
+                "choose a folder you can write to"
+            ) from None

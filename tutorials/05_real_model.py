@@ -25,7 +25,8 @@ from pathlib import Path
 
 from lens_oracle.activations import LastK, capture
 from lens_oracle.models import load_model
-from lens_oracle.real.demo import READ_LAST, base_folder, format_table, run_real_demo
+from lens_oracle.real.audit import READ_LAST
+from lens_oracle.real.demo import base_folder, format_table, run_real_demo
 from lens_oracle.real.organisms import prompt_ids
 
 

@@ -8,12 +8,9 @@ Stages (each cached under ``<cache>/real/`` with a stamp of its settings, each w
    never saw (:mod:`.organisms`);
 3. ``oracle``: a LoRA on SmolLM2 itself, reading layers at 25/50/75% depth, injected at block 1,
    trained on :mod:`.mixture` (checkpointed: a killed run resumes where it stopped);
-4. ``audit``: every organism read at half depth over the prompt's last :data:`READ_LAST` tokens
-   (where the model is about to reply), the same positions for every method; pooled per kind
-   (:func:`~lens_oracle.evals.runner.run_pooled`) so the shuffle control gives another
-   organism's activations: the oracle, the untrained oracle, no activation, shuffled and random
-   vectors, the linear probe (reference, trained on the organisms' fine-tuning prompts); per
-   organism: the black box and the logit lens; and the oracle reading the *base* model.
+4. ``audit`` (:mod:`.audit`): every organism read at half depth over the prompt's last 10 tokens,
+   against every control, the vector controls pooled over a kind's organisms; the oracle reading
+   the *base* model; and the oracle's own kind of question on held-out persona chats.
 
 Nothing was tuned on the audit items: every setting was fixed before the first full run, from
 the measurements in REFERENCE.md §7 (see the README's account).
@@ -26,8 +23,7 @@ import json
 import logging
 import os
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,55 +33,37 @@ import torch
 from lens_oracle.config import AdapterConfig, TrainConfig
 from lens_oracle.data.layers import layers_from_fractions
 from lens_oracle.errors import ConfigError, ModelLoadError
-from lens_oracle.evals.metrics import Score, normalize_answer, summarize
-from lens_oracle.evals.report import EvalReport, merge_reports
-from lens_oracle.evals.runner import run_pooled, run_tasks
-from lens_oracle.evals.tasks import EvalItem, EvalTask, TargetSpec
+from lens_oracle.evals.metrics import Score
+from lens_oracle.evals.report import EvalReport
 from lens_oracle.fetch import fetched_model
-from lens_oracle.generation import generate_text
-from lens_oracle.io import atomic_write_json, atomic_write_text, cache_root
+from lens_oracle.io import (
+    atomic_write_json,
+    atomic_write_text,
+    cache_root,
+    check_run_arguments,
+    digest,
+    read_json_stamp,
+)
 from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
-from lens_oracle.positions import LastK
-from lens_oracle.real.mixture import MixtureConfig, build_real_mixture, generations, persona_prompts
+from lens_oracle.real.audit import audit
+from lens_oracle.real.mixture import MixtureConfig, build_real_mixture, generations
 from lens_oracle.real.organisms import (
     OrganismConfig,
     RealOrganism,
     build_organism,
-    chat_ids,
     gender_dialogs,
-    prompt_ids,
     taboo_dialogs,
 )
 from lens_oracle.real.text import (
-    AUDIT_REQUESTS,
-    CHAT_PROMPTS,
-    GENDER_QUESTION,
-    HINT_REQUESTS,
-    PERSONAS,
     TABOO_CLUES,
-    TABOO_QUESTION,
-    TABOO_SPLIT,
-    USER_REQUESTS,
 )
 from lens_oracle.runner import train_oracle
-from lens_oracle.toy.demo import check_arguments
-from lens_oracle.toy.model import digest, read_stamp
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-READ_LAST = 10
-"""Audit read positions: the prompt's last 10 tokens (AO's best User Gender reading, 99.5%):
-the end of the user's message and the assistant header."""
 ORACLE_STAMP = "real_oracle.stamp.json"
-MAX_NEW_TOKENS = 16
-"""Room for a sentence: the untrained oracle and the black box answer in sentences."""
-SYNONYMS = {"male": ("man", "boy", "gentleman", "sir"), "female": ("woman", "girl", "lady", "ma'am", "madam")}
-"""Every answer is scored ``contains`` (the answer, or a synonym, as whole words anywhere in the
-reply), so a control that answers in a sentence ("The user is a man.") scores as it should."""
-POOLED = ("oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "ablated_random", "linear_probe")
-PER_TARGET = ("oracle", "black_box", "logit_lens")
 COLUMNS = ("oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "ablated_random", "black_box",
            "logit_lens")
 CONTROLS = COLUMNS[1:]
@@ -216,7 +194,7 @@ def load_or_train_oracle(base: Path, config: RealDemoConfig, texts: dict[str, li
         "format_version": FORMAT_VERSION, "base": base_stamp, "seed": seed, "config": config.to_dict(),
         "texts": digest(texts),
     }))
-    stamp = read_stamp(folder, ORACLE_STAMP)
+    stamp = read_json_stamp(folder, ORACLE_STAMP)
     if stamp is not None and stamp.get("settings") == settings:
         log.info("reusing the cached real oracle in %s", folder)
         return ActivationOracle.load(folder, str(base)), {**stamp["metrics"], "cached": True}
@@ -242,98 +220,6 @@ def load_or_train_oracle(base: Path, config: RealDemoConfig, texts: dict[str, li
     return oracle, metrics
 
 
-def organism_task(organism: RealOrganism, tokenizer: Any, config: RealDemoConfig) -> EvalTask:
-    """The audit of one organism: its audit prompts (never fine-tuned on), and its fine-tuning
-    prompts as the linear probe's labelled training items."""
-    if organism.kind == "taboo":
-        audit, train, question = HINT_REQUESTS[TABOO_SPLIT:], HINT_REQUESTS[:TABOO_SPLIT], TABOO_QUESTION
-        candidates = config.taboo_words
-    else:
-        audit, train, question = AUDIT_REQUESTS, USER_REQUESTS, GENDER_QUESTION
-        candidates = config.genders
-    audit = audit[: config.audit_prompts] if config.audit_prompts else audit
-    train = train[: config.audit_prompts] if config.audit_prompts else train
-
-    def items(requests: tuple[str, ...]) -> tuple[EvalItem, ...]:
-        return tuple(EvalItem(context=tuple(prompt_ids(tokenizer, r)), references=(organism.secret,))
-                     for r in requests)
-
-    return EvalTask(name=organism.name, items=items(audit), questions=(question,), positions=LastK(READ_LAST),
-                    candidates=tuple(candidates), target=TargetSpec(model=str(organism.folder)),
-                    train_items=items(train), scorer="contains", synonyms=SYNONYMS, max_new_tokens=MAX_NEW_TOKENS)
-
-
-def persona_tasks(oracle: ActivationOracle, config: RealDemoConfig) -> list[EvalTask]:
-    """The oracle's own kind of question on held-out chats: each persona answers prompts it was
-    not trained on (SmolLM2's own replies, generated here), read over the chat's last
-    :data:`READ_LAST` tokens (the reply's end; never the instruction) of the base model. Asks the
-    job (8 candidates) and the mood (3): did the oracle learn to read activations at all?"""
-    tok = oracle.model.tokenizer
-    personas = list(PERSONAS[: config.mixture.limit_texts] if config.mixture.limit_texts else PERSONAS)
-    chats = []
-    for i, persona in enumerate(personas):
-        trained = set(persona_prompts(i, config.mixture))
-        for request in [p for p in CHAT_PROMPTS if p not in trained][: config.audit_prompts or 4]:
-            chats.append((persona, [{"role": "system", "content": persona.system}, {"role": "user", "content": request}]))
-    replies = generate_text(oracle.model, [chat_ids(tok, m, generation_prompt=True) for _, m in chats],
-                            config.mixture.reply_tokens)
-    tasks = []
-    for k, kind in ((0, "job"), (1, "mood")):
-        items = tuple(
-            EvalItem(context=tuple(chat_ids(tok, [*m, {"role": "assistant", "content": reply}], generation_prompt=False)),
-                     references=(persona.qa[k][1],), questions=(persona.qa[k][0],))
-            for (persona, m), reply in zip(chats, replies, strict=True)
-        )
-        candidates = tuple(dict.fromkeys(p.qa[k][1] for p in personas))
-        tasks.append(EvalTask(name=f"persona_{kind}", items=items, positions=LastK(READ_LAST), candidates=candidates,
-                              scorer="contains", max_new_tokens=MAX_NEW_TOKENS))
-    return tasks
-
-
-def answer_summary(predictions: Sequence[str], candidates: Sequence[str]) -> dict[str, Any]:
-    """The share of answers that name a candidate, and the five most common answers."""
-    normal = [normalize_answer(p) for p in predictions]
-    wanted = {normalize_answer(c) for c in candidates}
-    return {"in_kind": round(sum(n in wanted for n in normal) / max(len(normal), 1), 4),
-            "most_common": [[a, n] for a, n in Counter(normal).most_common(5)]}
-
-
-def audit(oracle: ActivationOracle, organisms: list[RealOrganism], config: RealDemoConfig, seed: int
-          ) -> tuple[EvalReport, dict[str, dict[str, Score]], dict[str, Score], dict[str, dict[str, Any]]]:
-    """Every method on every kind's items; the pooled scores per kind; the base-model reading;
-    how the oracle answered."""
-    tok = oracle.model.tokenizer
-    kinds: dict[str, list[EvalTask]] = {}
-    for o in organisms:
-        kinds.setdefault(o.kind, []).append(organism_task(o, tok, config))
-    cache: dict[str, Any] = {}
-    reports, scores, base, answers = [], {}, {}, {}
-    for kind, tasks in kinds.items():
-        pooled = run_pooled(oracle, tasks, kind, methods=POOLED, seed=seed, n_resamples=config.n_resamples,
-                            cache=cache)
-        per = run_tasks(oracle, tasks, methods=PER_TARGET, seed=seed, n_resamples=config.n_resamples)
-        at_base = run_pooled(oracle, [dataclasses.replace(t, target=TargetSpec()) for t in tasks], f"{kind}@base",
-                             methods=("oracle",), seed=seed, n_resamples=config.n_resamples)
-        reports += [pooled, per, at_base]
-        kind_scores = {m: pooled.get(kind, m).score for m in POOLED}
-        for m in ("black_box", "logit_lens"):
-            pooled_items = [s for t in tasks for s in per.get(t.name, m).item_scores]
-            kind_scores[m] = summarize(pooled_items, seed, n_resamples=config.n_resamples)
-        scores[kind] = kind_scores
-        base[kind] = at_base.get(f"{kind}@base", "oracle").score
-        candidates = tasks[0].candidates
-        answers[kind] = {
-            "organisms": answer_summary(pooled.get(kind, "oracle").predictions[0], candidates),
-            "base_model": answer_summary(at_base.get(f"{kind}@base", "oracle").predictions[0], candidates),
-        }
-    checks = run_tasks(oracle, persona_tasks(oracle, config), methods=("oracle", "ablated_zero", "ablated_shuffle"),
-                       seed=seed, n_resamples=config.n_resamples)
-    reports.append(checks)
-    for task in ("persona_job", "persona_mood"):
-        scores[task] = {m: checks.get(task, m).score for m in ("oracle", "ablated_zero", "ablated_shuffle")}
-    return merge_reports(reports), scores, base, answers
-
-
 def run_real_demo(out: str | os.PathLike[str], *, seed: int = 0, smoke: bool = False,
                   cache: str | os.PathLike[str] | None = None, progress: bool = True,
                   config: RealDemoConfig | None = None) -> RealDemoResult:
@@ -343,7 +229,7 @@ def run_real_demo(out: str | os.PathLike[str], *, seed: int = 0, smoke: bool = F
         raise ConfigError(f"config.smoke is {config.smoke} but smoke={smoke}; make them agree")
     root = Path(cache) if cache is not None else cache_root()
     base = base_folder()
-    check_arguments(out, seed, root)
+    check_run_arguments(out, seed, root)
     work = root / "real"
     work.mkdir(parents=True, exist_ok=True)
     before = torch.get_num_threads()
@@ -359,7 +245,7 @@ def run_real_demo(out: str | os.PathLike[str], *, seed: int = 0, smoke: bool = F
 def _run_stages(base: Path, config: RealDemoConfig, work: Path, seed: int, progress: bool) -> RealDemoResult:
     timings: dict[str, Any] = {"threads": torch.get_num_threads()}
     start = time.perf_counter()
-    base_stamp = digest((read_stamp(base, "gguf_source.stamp.json") or {}).get("settings", str(base)))
+    base_stamp = digest((read_json_stamp(base, "gguf_source.stamp.json") or {}).get("settings", str(base)))
     texts = _timed(timings, "generations", lambda: generations(
         load_model(str(base), trainable=False), config.mixture, work, base_stamp, progress=progress
     ))
@@ -367,7 +253,10 @@ def _run_stages(base: Path, config: RealDemoConfig, work: Path, seed: int, progr
                                                                      progress=progress))
     oracle, metrics = _timed(timings, "oracle", lambda: load_or_train_oracle(base, config, texts, work, seed,
                                                                               base_stamp, progress=progress))
-    report, scores, base_reading, answers = _timed(timings, "audit", lambda: audit(oracle, organisms, config, seed))
+    candidates = {"taboo": config.taboo_words, "user_gender": config.genders}
+    report, scores, base_reading, answers = _timed(timings, "audit", lambda: audit(
+        oracle, organisms, candidates, config.mixture, seed, limit=config.audit_prompts, n_resamples=config.n_resamples
+    ))
     timings["total"] = round(time.perf_counter() - start, 1)
     chance = {"taboo": 1 / len(config.taboo_words), "user_gender": 1 / len(config.genders)}
     return RealDemoResult(config, seed, tuple(organisms), scores, base_reading,
@@ -418,4 +307,4 @@ def write_outputs(result: RealDemoResult, out: Path) -> list[Path]:
     ]
 
 
-__all__ = ["RealDemoConfig", "RealDemoResult", "audit", "format_table", "real_config", "run_real_demo"]
+__all__ = ["RealDemoConfig", "RealDemoResult", "base_folder", "format_table", "real_config", "run_real_demo"]

@@ -29,7 +29,7 @@ from lens_oracle.data.context_prediction import ContextPredictionConfig, build_c
 from lens_oracle.data.example import OracleExample
 from lens_oracle.data.spqa import SPQAConfig, build_spqa
 from lens_oracle.generation import generate_text
-from lens_oracle.io import atomic_write_json
+from lens_oracle.io import atomic_write_json, digest
 from lens_oracle.models import LoadedModel
 from lens_oracle.real.organisms import chat_ids, prompt_ids
 from lens_oracle.real.text import (
@@ -43,7 +43,6 @@ from lens_oracle.real.text import (
     check_held_out,
     stdlib_sentences,
 )
-from lens_oracle.toy.model import digest
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from lens_oracle.errors import ConfigError, TrainingError
 from lens_oracle.generation import generate_text
-from lens_oracle.io import atomic_folder, atomic_write_json
+from lens_oracle.io import atomic_folder, atomic_write_json, digest, read_json_stamp
 from lens_oracle.models import LoadedModel, load_model
 from lens_oracle.real.text import (
     ADDRESSES,
@@ -39,7 +39,6 @@ from lens_oracle.real.text import (
     TABOO_SPLIT,
     USER_REQUESTS,
 )
-from lens_oracle.toy.model import digest, read_stamp
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +218,7 @@ def build_organism(base: Path, kind: Kind, secret: str, dialogs: Sequence[tuple[
     """The organism from ``cache`` if its stamp matches, else fine-tuned, verified and saved."""
     folder = cache / f"{kind}-{secret}-seed{seed}"
     settings = organism_settings(base_stamp, kind, secret, config, seed, dialogs)
-    stamp = read_stamp(folder, STAMP)
+    stamp = read_json_stamp(folder, STAMP)
     if stamp is not None and stamp.get("settings") == settings and (folder / "model.safetensors").is_file():
         log.info("reusing the cached organism %s", folder.name)
         return RealOrganism(kind, secret, folder, stamp["verification"])

@@ -23,7 +23,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +38,7 @@ from lens_oracle.evals.report import EvalReport, merge_reports
 from lens_oracle.evals.runner import run_tasks
 from lens_oracle.evals.tasks import TargetSpec
 from lens_oracle.io import atomic_write_json
+from lens_oracle.io import check_run_arguments as check_arguments
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.runner import train_oracle
 from lens_oracle.toy import audit
@@ -57,26 +57,7 @@ FORMAT_VERSION = 2
 ORACLE_STAMP = "toy_oracle.stamp.json"
 MIXTURE_SAMPLE = 240
 """Examples of the mixture sample hashed into the oracle's stamp (:func:`mixture_digest`)."""
-MAX_SEED = 2**31 - 1
 T = TypeVar("T")
-
-
-def check_arguments(out: str | os.PathLike[str], seed: int, cache: str | os.PathLike[str]) -> None:
-    """Refuse a bad seed or an unwritable output or cache folder before any work starts."""
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise ConfigError(f"seed is {seed!r}; give an integer from 0 to {MAX_SEED}")
-    for label, folder in (("output", Path(out)), ("cache", Path(cache))):
-        if folder.exists() and not folder.is_dir():
-            raise ConfigError(f"the {label} folder {folder} is a file; give a folder path")
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot write to the {label} folder {folder} ({exc.strerror or exc}); "
-                "choose a folder you can write to"
-            ) from None
 
 
 def _timed(timings: dict[str, Any], stage: str, fn: Callable[[], T]) -> T:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lens_oracle.errors import ArtifactError, ConfigError, TrainingError
-from lens_oracle.io import atomic_folder, atomic_write_json
+from lens_oracle.io import atomic_folder, atomic_write_json, digest, read_json_stamp
 from lens_oracle.toy.language import ATTRIBUTES, FACT_TEMPLATES, Entity, ToyWorld, make_world
 from lens_oracle.toy.tokenizer import EOS, TOKENIZER_FILES, build_tokenizer
 from lens_oracle.typing import AttentionMask, TokenIds
@@ -126,11 +125,6 @@ def organism_vocabulary(world: ToyWorld) -> tuple[str, ...]:
     """Words the base tokenizer needs for the organisms: spare names and :data:`ORGANISM_WORDS`."""
     names = dict.fromkeys(word for e in spare_entities(world) for word in e.name.split())
     return (*names, *ORGANISM_WORDS)
-
-
-def digest(obj: Any) -> str:
-    """A short stable hash of JSON-able ``obj`` (for stamps)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode("utf-8")).hexdigest()[:16]
 
 
 def hf_config(config: ToyModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
@@ -298,12 +292,7 @@ def generate_text(
 
 def read_stamp(folder: str | Path, name: str = STAMP_FILE) -> dict[str, Any] | None:
     """The JSON stamp ``name`` of a toy artifact folder, or ``None`` if absent or unreadable."""
-    path = Path(folder) / name
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_stamp(folder, name)
 
 
 def stamp_matches(folder: str | Path, settings: dict[str, Any]) -> bool:
