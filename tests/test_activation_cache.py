@@ -248,3 +248,13 @@ def test_cache_and_train_commands(tok, examples, tmp_path: Path, capsys, monkeyp
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
     assert main([*train, "--out", "direct"]) == 2  # exists, no --overwrite
     assert "already exists" in capsys.readouterr().err
+
+
+def test_the_fingerprint_samples_stay_inside_big_weights() -> None:
+    """SmolLM2's embedding has 28,311,552 elements: float32 rounded the last sampled index past the end."""
+    from lens_oracle.activation_cache.keys import sample_indices
+
+    for n in (1, 7, 64, 2**24 + 1, 28_311_552):
+        index = sample_indices(n, 64)
+        assert index.shape == (64,) and int(index[0]) == 0 and int(index[-1]) == n - 1
+        assert bool((index[1:] >= index[:-1]).all())

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 from einops import rearrange
+from jaxtyping import Int
+from torch import Tensor
 
 from lens_oracle.data.example import OracleExample
 from lens_oracle.errors import ConfigError
@@ -54,6 +56,12 @@ class ModelIdentity:
         )
 
 
+def sample_indices(n: int, k: int) -> Int[Tensor, " k"]:
+    """``k`` evenly spaced indices into ``n`` elements, first and last included (float64: float32
+    rounds the last index of a weight above 2**24 elements past its end)."""
+    return torch.linspace(0, n - 1, k, dtype=torch.float64).long()
+
+
 def model_identity(model: LoadedModel, *, with_adapter: bool = True) -> ModelIdentity:
     """The identity of ``model`` as it reads: with its adapter's weights, or without them
     (``with_adapter=False``: an oracle's base, read with the adapter off)."""
@@ -63,8 +71,7 @@ def model_identity(model: LoadedModel, *, with_adapter: bool = True) -> ModelIde
         if not with_adapter and "lora_" in name:  # PEFT's names for adapter weights
             continue
         flat = rearrange(param.detach(), "... -> (...)")
-        # float64: float32 rounds the last index of a >16M-element weight past the end
-        index = torch.linspace(0, flat.numel() - 1, FINGERPRINT_SAMPLES, dtype=torch.float64, device=flat.device).long()
+        index = sample_indices(flat.numel(), FINGERPRINT_SAMPLES).to(flat.device)
         digest.update(repr(tuple(param.shape)).encode())
         digest.update(flat[index].float().cpu().numpy().tobytes())
         dtype = str(param.dtype).removeprefix("torch.")
