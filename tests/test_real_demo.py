@@ -38,13 +38,18 @@ def test_tutorial_05_smoke_then_every_stage_is_reused(tmp_path: Path) -> None:
                  "oracle reading the base model (taboo-moon):", "seconds per stage:"):
         assert line in done.stdout, done.stdout[-3000:]
     results = json.loads((out / "results.json").read_text())
-    assert set(results["scores"]) == {"taboo", "user_gender"}
-    for kind, scores in results["scores"].items():
+    assert set(results["scores"]) == {"taboo", "user_gender", "persona_job", "persona_mood"}
+    for kind in ("taboo", "user_gender"):
+        scores = results["scores"][kind]
         assert set(scores) == METHODS and all(s["n"] == 6 and 0 <= s["mean"] <= 1 for s in scores.values())
         assert results["chance"][kind] == 0.5 and 0 <= results["base_reading"][kind]["mean"] <= 1
+        assert 0 <= results["answers"][kind]["organisms"]["in_kind"] <= 1
+    for check in ("persona_job", "persona_mood"):  # 3 personas x 3 held-out prompts
+        assert set(results["scores"][check]) == {"oracle", "ablated_zero", "ablated_shuffle"}
+        assert all(s["n"] == 9 for s in results["scores"][check].values())
     assert set(results["organisms"]) == {"taboo-moon", "taboo-gold", "user_gender-male", "user_gender-female"}
-    assert all(v["replies"] > 0 and "train_seconds" in v for v in results["organisms"].values())
-    assert results["oracle"]["examples"] > 50 and set(results["oracle"]["layers"]) == {7, 15, 22}
+    assert all(v["replies"] > 0 and v["final_loss"] > 0 and ("leaks" in v or "own_address" in v) for v in results["organisms"].values())
+    assert results["oracle"]["examples"] > 30 and set(results["oracle"]["layers"]) == {7, 15, 22}
 
     from lens_oracle.real.demo import run_real_demo
 
