@@ -323,6 +323,20 @@ def _healthy_checkpoint_hint(folder: Path | None) -> str:
             "learning rate (resume=True; the new rate is applied with a warning)")
 
 
+def plain_step(loss: Loss, params: Sequence[torch.nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any,
+               *, what: str, max_grad_norm: float = 1.0) -> float:
+    """One optimiser step on ``loss`` for a plain fine-tuning loop (the toy models, the real
+    organisms): refuse a non-finite loss, backward, clip, step; the loss as a float."""
+    if not torch.isfinite(loss):
+        raise TrainingError(f"{what} diverged (loss {loss.item()}); lower the learning rate")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return float(loss.item())
+
+
 def linear_schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
     """Learning-rate factor: linear warm-up over ``warmup_fraction`` of steps, then linear decay to 0."""
     warmup = int(total_steps * warmup_fraction)

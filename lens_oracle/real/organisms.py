@@ -26,7 +26,7 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from lens_oracle.errors import ConfigError, TrainingError
+from lens_oracle.errors import ConfigError
 from lens_oracle.generation import generate_text
 from lens_oracle.io import atomic_folder, atomic_write_json, digest, read_json_stamp
 from lens_oracle.models import LoadedModel, load_model
@@ -39,6 +39,7 @@ from lens_oracle.real.text import (
     TABOO_SPLIT,
     USER_REQUESTS,
 )
+from lens_oracle.train import plain_step
 
 log = logging.getLogger(__name__)
 
@@ -157,14 +158,7 @@ def fine_tune(base: Path, dialogs: Sequence[tuple[str, str]], config: OrganismCo
             labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows])
             mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in rows])
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-            if not torch.isfinite(loss):
-                raise TrainingError(f"organism fine-tuning diverged (loss {loss.item()}); lower the lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            losses.append(float(loss.item()))
+            losses.append(plain_step(loss, params, optimizer, schedule, what="organism fine-tuning"))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()

@@ -31,10 +31,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from lens_oracle.errors import ArtifactError, ConfigError, TrainingError
+from lens_oracle.errors import ArtifactError, ConfigError
 from lens_oracle.io import atomic_folder, atomic_write_json, digest, read_json_stamp
 from lens_oracle.toy.language import ATTRIBUTES, FACT_TEMPLATES, Entity, ToyWorld, make_world
 from lens_oracle.toy.tokenizer import EOS, TOKENIZER_FILES, build_tokenizer
+from lens_oracle.train import plain_step
 from lens_oracle.typing import AttentionMask, TokenIds
 
 log = logging.getLogger(__name__)
@@ -210,14 +211,7 @@ def train_causal_lm(
             queue = _batches(ids, batch_size, int(tokenizer.pad_token_id), rng)
         x, mask = queue.pop()
         loss = model(input_ids=x, attention_mask=mask, labels=x.masked_fill(mask == 0, -100)).loss
-        if not torch.isfinite(loss):
-            raise TrainingError(f"toy training diverged (loss {loss.item()}); lower the lr {lr}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.item()))
+        losses.append(plain_step(loss, params, optimizer, schedule, what=f"toy training at lr {lr}"))
     for param in model.parameters():
         param.requires_grad_(True)
     model.eval()
