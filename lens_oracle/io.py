@@ -11,9 +11,10 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from lens_oracle.errors import ArtifactError, ConfigError
 
@@ -185,3 +186,14 @@ def check_run_arguments(out: str | os.PathLike[str], seed: int, cache: str | os.
                 f"cannot write to the {label} folder {folder} ({exc.strerror or exc}); "
                 "choose a folder you can write to"
             ) from None
+
+
+T = TypeVar("T")
+
+
+def timed_stage(timings: dict[str, Any], stage: str, fn: Callable[[], T], *, digits: int = 2) -> T:
+    """Run one pipeline stage, recording its wall-clock seconds as ``timings[stage]``."""
+    start = time.perf_counter()
+    out = fn()
+    timings[stage] = round(time.perf_counter() - start, digits)
+    return out

@@ -23,10 +23,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -43,6 +42,7 @@ from lens_oracle.io import (
     check_run_arguments,
     digest,
     read_json_stamp,
+    timed_stage,
 )
 from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
@@ -164,16 +164,6 @@ def base_folder() -> Path:
     return folder
 
 
-T = TypeVar("T")
-
-
-def _timed(timings: dict[str, Any], stage: str, fn: Callable[[], T]) -> T:
-    start = time.perf_counter()
-    out = fn()
-    timings[stage] = round(time.perf_counter() - start, 1)
-    return out
-
-
 def build_organisms(base: Path, config: RealDemoConfig, texts: dict[str, list[str]], cache: Path, seed: int,
                     base_stamp: Any, *, progress: bool = True) -> list[RealOrganism]:
     """Every organism of the run, built or reused."""
@@ -246,17 +236,19 @@ def _run_stages(base: Path, config: RealDemoConfig, work: Path, seed: int, progr
     timings: dict[str, Any] = {"threads": torch.get_num_threads()}
     start = time.perf_counter()
     base_stamp = digest((read_json_stamp(base, "gguf_source.stamp.json") or {}).get("settings", str(base)))
-    texts = _timed(timings, "generations", lambda: generations(
+    texts = timed_stage(timings, "generations", lambda: generations(
         load_model(str(base), trainable=False), config.mixture, work, base_stamp, progress=progress
-    ))
-    organisms = _timed(timings, "organisms", lambda: build_organisms(base, config, texts, work, seed, base_stamp,
-                                                                     progress=progress))
-    oracle, metrics = _timed(timings, "oracle", lambda: load_or_train_oracle(base, config, texts, work, seed,
-                                                                              base_stamp, progress=progress))
+    ), digits=1)
+    organisms = timed_stage(timings, "organisms", lambda: build_organisms(
+        base, config, texts, work, seed, base_stamp, progress=progress
+    ), digits=1)
+    oracle, metrics = timed_stage(timings, "oracle", lambda: load_or_train_oracle(
+        base, config, texts, work, seed, base_stamp, progress=progress
+    ), digits=1)
     candidates = {"taboo": config.taboo_words, "user_gender": config.genders}
-    report, scores, base_reading, answers = _timed(timings, "audit", lambda: audit(
+    report, scores, base_reading, answers = timed_stage(timings, "audit", lambda: audit(
         oracle, organisms, candidates, config.mixture, seed, limit=config.audit_prompts, n_resamples=config.n_resamples
-    ))
+    ), digits=1)
     timings["total"] = round(time.perf_counter() - start, 1)
     chance = {"taboo": 1 / len(config.taboo_words), "user_gender": 1 / len(config.genders)}
     return RealDemoResult(config, seed, tuple(organisms), scores, base_reading,

@@ -24,9 +24,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 
@@ -37,7 +37,7 @@ from lens_oracle.evals.metrics import Score
 from lens_oracle.evals.report import EvalReport, merge_reports
 from lens_oracle.evals.runner import run_tasks
 from lens_oracle.evals.tasks import TargetSpec
-from lens_oracle.io import atomic_write_json
+from lens_oracle.io import atomic_write_json, timed_stage
 from lens_oracle.io import check_run_arguments as check_arguments
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.runner import train_oracle
@@ -57,16 +57,6 @@ FORMAT_VERSION = 2
 ORACLE_STAMP = "toy_oracle.stamp.json"
 MIXTURE_SAMPLE = 240
 """Examples of the mixture sample hashed into the oracle's stamp (:func:`mixture_digest`)."""
-T = TypeVar("T")
-
-
-def _timed(timings: dict[str, Any], stage: str, fn: Callable[[], T]) -> T:
-    start = time.perf_counter()
-    out = fn()
-    timings[stage] = round(time.perf_counter() - start, 2)
-    return out
-
-
 def oracle_settings(
     base: Path, config: DemoConfig, seed: int, layers: tuple[int, ...]
 ) -> dict[str, Any]:
@@ -216,17 +206,17 @@ def _run_stages(
     timings: dict[str, Any] = {"threads": torch.get_num_threads()}
     start = time.perf_counter()
     world = make_world(seed)
-    base = _timed(timings, "base_model", lambda: load_or_pretrain(
+    base = timed_stage(timings, "base_model", lambda: load_or_pretrain(
         cache, seed, quick, extra_words=ORACLE_WORDS, progress=progress
     ))
-    organisms = _timed(timings, "organisms", lambda: build_organisms(
+    organisms = timed_stage(timings, "organisms", lambda: build_organisms(
         base, world, cache, quick, seed=seed, progress=progress
     ))
-    oracle, cached = _timed(timings, "oracle", lambda: load_or_train_oracle(
+    oracle, cached = timed_stage(timings, "oracle", lambda: load_or_train_oracle(
         base, config, seed, cache, progress=progress
     ))
     timings["oracle_cached"] = cached
-    report, scores, base_control, diff_reading = _timed(
+    report, scores, base_control, diff_reading = timed_stage(
         timings, "evaluation", lambda: audit_organisms(oracle, organisms, config, seed)
     )
     timings["total"] = round(time.perf_counter() - start, 2)
