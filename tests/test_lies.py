@@ -12,6 +12,7 @@ from helpers import build_llama
 
 from lens_oracle.config import ProjectorConfig
 from lens_oracle.evals.metrics import auroc
+from lens_oracle.evals.yes_no_table import Row, probability_row, table
 from lens_oracle.models import load_model
 from lens_oracle.toy.language import ATTRIBUTES, YES_NO_TEMPLATES, make_world
 from lens_oracle.toy.lie_experiment import LieExperiment, toy_preset
@@ -22,14 +23,11 @@ from lens_oracle.toy.lies import (
     TEMPLATES,
     TINY_ORACLE,
     TINY_TARGET,
-    Row,
     build_lie_world,
     chat_text,
     lie_chat,
     lie_items,
     lie_talk,
-    probability_row,
-    table,
     text_p_yes,
     training_rows,
 )

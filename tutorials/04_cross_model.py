@@ -33,9 +33,11 @@ import torch
 
 from lens_oracle.activations import LastK, capture_layers
 from lens_oracle.config import TrainConfig
+from lens_oracle.evals.yes_no_table import table
 from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.prompt import oracle_user_text
+from lens_oracle.runner import train_oracle
 from lens_oracle.toy.language import make_world
 from lens_oracle.toy.lie_experiment import LieExperiment, evaluate_lies, in_distribution, toy_preset
 from lens_oracle.toy.lies import (
@@ -44,11 +46,9 @@ from lens_oracle.toy.lies import (
     TINY_TARGET,
     build_lie_world,
     chat_text,
-    table,
     training_rows,
 )
 from lens_oracle.toy.model import QUICK
-from lens_oracle.runner import train_oracle
 
 
 def main() -> None:

@@ -29,10 +29,10 @@ import torch
 from lens_oracle.activations import Indices, LastK
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.classification import ClassificationConfig
-from lens_oracle.evals.report import EvalReport
 from lens_oracle.evals.runner import run_task
 from lens_oracle.evals.targets import Target
 from lens_oracle.evals.tasks import EvalItem
+from lens_oracle.evals.yes_no_table import Row, probability_row, report_rows, table
 from lens_oracle.models import LoadedModel
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.presets import ATTENTION_MODULES, MetaModelsPreset, meta_models
@@ -43,11 +43,8 @@ from lens_oracle.toy.lies import (
     TEMPLATES,
     LieStyle,
     LieWorld,
-    Row,
     build_lie_world,
     lie_items,
-    probability_row,
-    table,
     text_p_yes,
     training_rows,
 )
@@ -126,15 +123,6 @@ def toy_preset(target: LoadedModel, exp: LieExperiment) -> MetaModelsPreset:
     )
 
 
-def _rows(report: EvalReport, names: dict[str, str]) -> list[Row]:
-    out = []
-    for result in report.results:
-        calibration, score = result.extras.get("calibration") or {}, result.score
-        out.append(Row(names.get(result.method, result.method), score.mean, score.low, score.high,
-                       calibration.get("auroc"), score.n))
-    return out
-
-
 def in_distribution(
     oracle: ActivationOracle, preset: MetaModelsPreset, target: LoadedModel, rows: dict[str, list[dict[str, str]]],
     tokenizer: object, seed: int,
@@ -167,8 +155,8 @@ def evaluate_lies(
     report = run_task(oracle, task, methods=["oracle", *CONTROLS, "linear_probe"],
                       target=Target(target), seed=exp.seed)
     untrained = run_task(fresh, task, methods=["oracle"], target=Target(target), seed=exp.seed)
-    rows = [Row("chance", 0.5, 0.5, 0.5, 0.5, len(items)), *_rows(report, NAMES)]
-    rows += _rows(untrained, {"oracle": "untrained meta-model (fresh projector + adapter)"})
+    rows = [Row("chance", 0.5, 0.5, 0.5, 0.5, len(items)), *report_rows(report, NAMES)]
+    rows += report_rows(untrained, {"oracle": "untrained meta-model (fresh projector + adapter)"})
     text = text_p_yes(oracle.model, [str(item.context) for item in items])
     rows.append(probability_row("text-only: the meta-model's base reads the chat", text, items))
     return tuple(rows)

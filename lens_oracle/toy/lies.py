@@ -33,7 +33,7 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lens_oracle.evals.controls import yes_no_token_ids
-from lens_oracle.evals.metrics import auroc, summarize, yes_no_probability
+from lens_oracle.evals.metrics import yes_no_probability
 from lens_oracle.evals.tasks import EvalItem
 from lens_oracle.models import LoadedModel, load_model
 from lens_oracle.toy.language import (
@@ -294,37 +294,3 @@ def text_p_yes(
             logits = model.logits(ids.to(model.device), mask.to(model.device))[:, -1].float().cpu()
             out.extend(float(p) for p in yes_no_probability(logits, yes_ids, no_ids))
     return out
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the lie-detection table."""
-
-    method: str
-    accuracy: float
-    low: float
-    high: float
-    auroc: float | None
-    n: int
-
-    def markdown(self) -> str:
-        auc = "-" if self.auroc is None else f"{self.auroc:.3f}"
-        return f"| {self.method} | {self.accuracy:.3f} [{self.low:.3f}, {self.high:.3f}] | {auc} | {self.n} |"
-
-
-def probability_row(method: str, p_yes: Sequence[float], items: Sequence[EvalItem], seed: int = 0) -> Row:
-    """Accuracy (P(yes) >= 0.5 counts as yes) with a bootstrap CI, and AUROC."""
-    labels = [item.label == "yes" for item in items]
-    correct = [float((p >= 0.5) == label) for p, label in zip(p_yes, labels, strict=True)]
-    score = summarize(correct, seed)
-    return Row(method, score.mean, score.low, score.high, auroc(list(p_yes), labels), score.n)
-
-
-def table(rows: Sequence[Row]) -> str:
-    """The rows as a markdown table."""
-    head = "| method | accuracy [95% CI] | AUROC P(yes) | n |\n|---|---|---|---|"
-    return "\n".join([head, *(r.markdown() for r in rows)])
-
-
-def with_method(row: Row, method: str) -> Row:
-    return dataclasses.replace(row, method=method)
