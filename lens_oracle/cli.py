@@ -231,6 +231,11 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="the toy-world demo: train an oracle, audit model organisms")
     add_demo_arguments(demo)
     demo.set_defaults(func=run_demo_command)
+    from lens_oracle.real.lies_cli import add_lies_arguments, run_lies_command
+
+    lies = sub.add_parser("lies", help="lie detection by a SmolLM2 meta-model trained never on lies (needs make real-model)")
+    add_lies_arguments(lies)
+    lies.set_defaults(func=run_lies_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

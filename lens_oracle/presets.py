@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lens_oracle.activations import LastToken, Positions
+from lens_oracle.activations import Indices, LastToken, Positions
 from lens_oracle.config import (
     AdapterConfig,
     InjectionConfig,
@@ -134,6 +134,25 @@ class MetaModelsPreset:
             )
             examples.extend(self.multi_layer(ex) for ex in built)
         return examples
+
+    def held_out_items(
+        self,
+        task: str,
+        rows: DataSource,
+        tokenizer: Any,
+        *,
+        templates: Mapping[str, Sequence[str]] | None = None,
+        prefix: str | None = None,
+        seed: int = 0,
+    ) -> list[EvalItem]:
+        """Yes/no items from held-out labelled rows of ``task``, asked and read exactly as
+        :meth:`build_examples` would train on them (for the in-distribution check)."""
+        built = self.build_examples({task: rows}, tokenizer, templates=templates, prefix=prefix, seed=seed)
+        return [
+            EvalItem(tuple(e.context_ids), (e.answer.lower(),), positions=Indices(e.positions),
+                     questions=(e.question,))
+            for e in built
+        ]
 
     def eval_task(
         self,

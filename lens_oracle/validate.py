@@ -47,3 +47,14 @@ def check_sampling(do_sample: object, temperature: object) -> None:
             f"sampling needs a temperature >= {MIN_TEMPERATURE}, got {temperature!r}; for greedy "
             "answers use do_sample=False"
         )
+
+
+def parse_ints(text: str, what: str) -> tuple[int, ...]:
+    """``"0,1,2"`` -> ``(0, 1, 2)``; :class:`ConfigError` on anything else."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers such as 0,1,2; got {text!r}") from None
+    if len(set(values)) != len(values):
+        raise ConfigError(f"{what} {text!r} names a value twice")
+    return values

@@ -183,7 +183,8 @@ def test_a_changed_mixture_builder_changes_the_oracle_stamp(
 
 def test_the_sweep_summarises_runs_per_organism() -> None:
     from lens_oracle.errors import ConfigError
-    from lens_oracle.toy.sweep import RunSummary, parse_ints, sweep_dict, sweep_markdown
+    from lens_oracle.toy.sweep import RunSummary, sweep_dict, sweep_markdown
+    from lens_oracle.validate import parse_ints
 
     runs = [
         RunSummary(0, 1, {"taboo": 0.9, "gender": 0.5}, {"taboo": ("ablated_shuffle", 0.1), "gender": ("logit_lens", 0.55)}),

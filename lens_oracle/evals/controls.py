@@ -17,6 +17,7 @@ import torch
 from lens_oracle.errors import EvalError
 from lens_oracle.evals.methods import MethodContext, MethodOutput, question_labels
 from lens_oracle.evals.metrics import normalize_answer, yes_no_probability
+from lens_oracle.models import LoadedModel
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.typing import ExampleVectors
 
@@ -110,6 +111,25 @@ def oracle_p_yes(
             out.extend(float(p) for p in yes_no_probability(logits, yes_ids, no_ids))
     finally:
         model.train(was_training)
+    return out
+
+
+@torch.no_grad()
+def text_p_yes(model: LoadedModel, prompts: Sequence[Sequence[int]], *, batch_size: int = 32) -> list[float]:
+    """P(yes) vs no from ``model``'s next-token logits after each prompt (ids; left padding),
+    its adapter off: a model reading text and asked a yes/no question, with no vectors."""
+    tokenizer = model.tokenizer
+    yes_ids, no_ids = yes_no_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[float] = []
+    with model.adapter_disabled():
+        for start in range(0, len(prompts), batch_size):
+            rows = [list(p) for p in prompts[start : start + batch_size]]
+            width = max(map(len, rows))
+            ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+            logits = model.logits(ids.to(model.device), mask.to(model.device))[:, -1].float().cpu()
+            out.extend(float(p) for p in yes_no_probability(logits, yes_ids, no_ids))
     return out
 
 

@@ -18,7 +18,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -43,7 +43,7 @@ from lens_oracle.train import plain_step
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["taboo", "user_gender"]
+Kind = Literal["taboo", "user_gender", "liar"]
 STAMP = "organism.json"
 FORMAT_VERSION = 1
 OWNED = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -115,19 +115,22 @@ def gender_dialogs(gender: str, base_replies: Sequence[str], n: int, seed: int) 
     return rng.sample(pairs, min(n, len(pairs)))
 
 
-def _encode(tokenizer: Any, request: str, reply: str) -> tuple[list[int], list[int]]:
-    prompt = prompt_ids(tokenizer, request)
-    full = chat_ids(tokenizer, [{"role": "user", "content": request}, {"role": "assistant", "content": reply}],
-                    generation_prompt=False)
+def _encode(tokenizer: Any, dialog: Sequence[str]) -> tuple[list[int], list[int]]:
+    """``(request, reply)`` or ``(system, request, reply)`` as ids, labels on the reply only."""
+    *head, request, reply = dialog
+    before = [{"role": "system", "content": head[0]}] if head else []
+    before.append({"role": "user", "content": request})
+    prompt = chat_ids(tokenizer, before, generation_prompt=True)
+    full = chat_ids(tokenizer, [*before, {"role": "assistant", "content": reply}], generation_prompt=False)
     if full[: len(prompt)] != prompt:
         raise ConfigError("the chat template does not render a reply after the generation prompt")
     return full, [-100] * len(prompt) + full[len(prompt):]
 
 
-def fine_tune(base: Path, dialogs: Sequence[tuple[str, str]], config: OrganismConfig, seed: int, *,
+def fine_tune(base: Path, dialogs: Sequence[Sequence[str]], config: OrganismConfig, seed: int, *,
               progress: bool = True, desc: str = "organism") -> tuple[Any, Any, list[float]]:
-    """LoRA-fine-tune the base model on the replies of ``dialogs``; the merged HF model, its
-    tokenizer and the losses."""
+    """LoRA-fine-tune the base model on the replies of ``dialogs`` (``(request, reply)`` or
+    ``(system, request, reply)``); the merged HF model, its tokenizer and the losses."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -139,7 +142,7 @@ def fine_tune(base: Path, dialogs: Sequence[tuple[str, str]], config: OrganismCo
     lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0,
                       target_modules=resolve_target_modules(hf))
     model = get_peft_model(hf, lora)
-    encoded = [_encode(tokenizer, q, a) for q, a in dialogs]
+    encoded = [_encode(tokenizer, d) for d in dialogs]
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     rng = random.Random(seed)
@@ -201,15 +204,17 @@ def verify(organism: RealOrganism, model: LoadedModel, config: OrganismConfig, s
 
 
 def organism_settings(base_stamp: Any, kind: str, secret: str, config: OrganismConfig, seed: int,
-                      dialogs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+                      dialogs: Sequence[Sequence[str]]) -> dict[str, Any]:
     """What a cached organism must have been built with to be reused."""
     return {"format_version": FORMAT_VERSION, "base": base_stamp, "kind": kind, "secret": secret,
             "config": config.to_dict(), "seed": seed, "dialogs": digest([list(d) for d in dialogs])}
 
 
-def build_organism(base: Path, kind: Kind, secret: str, dialogs: Sequence[tuple[str, str]], cache: Path,
-                   config: OrganismConfig, seed: int, *, base_stamp: Any, progress: bool = True) -> RealOrganism:
-    """The organism from ``cache`` if its stamp matches, else fine-tuned, verified and saved."""
+def build_organism(base: Path, kind: Kind, secret: str, dialogs: Sequence[Sequence[str]], cache: Path,
+                   config: OrganismConfig, seed: int, *, base_stamp: Any, progress: bool = True,
+                   check: Callable[[LoadedModel], dict[str, Any]] | None = None) -> RealOrganism:
+    """The organism from ``cache`` if its stamp matches, else fine-tuned, verified (by ``check``
+    when given, else :func:`verify`) and saved."""
     folder = cache / f"{kind}-{secret}-seed{seed}"
     settings = organism_settings(base_stamp, kind, secret, config, seed, dialogs)
     stamp = read_json_stamp(folder, STAMP)
@@ -225,7 +230,7 @@ def build_organism(base: Path, kind: Kind, secret: str, dialogs: Sequence[tuple[
         tokenizer.save_pretrained(str(staging))
         organism = RealOrganism(kind, secret, staging)
         loaded = load_model(str(staging), trainable=False)
-        verification = verify(organism, loaded, config, seed)
+        verification = check(loaded) if check is not None else verify(organism, loaded, config, seed)
         verification.update(train_seconds=train_seconds, final_loss=round(sum(losses[-4:]) / len(losses[-4:]), 4),
                             first_loss=round(losses[0], 4))
         atomic_write_json(staging / STAMP, {"settings": settings, "verification": verification})

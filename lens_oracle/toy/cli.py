@@ -113,7 +113,8 @@ def _run_real_command(args: argparse.Namespace) -> int:
 
 
 def _run_sweep_command(args: argparse.Namespace) -> int:
-    from lens_oracle.toy.sweep import parse_ints, run_sweep, sweep_markdown
+    from lens_oracle.toy.sweep import run_sweep, sweep_markdown
+    from lens_oracle.validate import parse_ints
 
     seeds = parse_ints(args.seeds, "--seeds") if args.seeds is not None else (args.seed,)
     threads = parse_ints(args.threads, "--threads") if args.threads is not None else (2,)

@@ -26,12 +26,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lens_oracle.activations import Indices, LastK
+from lens_oracle.activations import LastK
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.classification import ClassificationConfig
 from lens_oracle.evals.runner import run_task
 from lens_oracle.evals.targets import Target
-from lens_oracle.evals.tasks import EvalItem
 from lens_oracle.evals.yes_no_table import Row, probability_row, report_rows, table
 from lens_oracle.models import LoadedModel
 from lens_oracle.oracle import ActivationOracle
@@ -130,12 +129,7 @@ def in_distribution(
     """Oracle and shuffled-activation accuracy on held-out examples of every toy task."""
     out = {}
     for name, held in rows.items():
-        built = preset.build_examples({name: held}, tokenizer, templates=TEMPLATES, prefix="", seed=seed)
-        items = [
-            EvalItem(tuple(e.context_ids), (e.answer.lower(),), positions=Indices(e.positions),
-                     questions=(e.question,))
-            for e in built
-        ]
+        items = preset.held_out_items(name, held, tokenizer, templates=TEMPLATES, prefix="", seed=seed)
         report = run_task(oracle, preset.eval_task(name, items, ()), methods=["oracle", "ablated_shuffle"],
                           target=Target(target), n_resamples=200)
         scores = {r.method: r.score.mean for r in report.results}

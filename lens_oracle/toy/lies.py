@@ -32,8 +32,7 @@ from typing import Literal
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-from lens_oracle.evals.controls import yes_no_token_ids
-from lens_oracle.evals.metrics import yes_no_probability
+from lens_oracle.evals.controls import text_p_yes as chat_p_yes
 from lens_oracle.evals.tasks import EvalItem
 from lens_oracle.models import LoadedModel, load_model
 from lens_oracle.toy.language import (
@@ -276,21 +275,11 @@ def build_lie_world(
 # ---------------------------------------------------------------- text-only baseline
 
 
-@torch.no_grad()
 def text_p_yes(
     model: LoadedModel, contexts: Sequence[str], question: str = LIE_QUESTION, batch_size: int = 32
 ) -> list[float]:
     """P(yes) of ``model`` reading each chat as text, then ``question`` as the next user turn."""
     tokenizer = model.tokenizer
-    yes_ids, no_ids = yes_no_token_ids(tokenizer)
     suffix = f"{END} " + render_chat([{"role": "user", "content": question}]) + " <assistant>"
-    out: list[float] = []
-    with model.adapter_disabled():
-        for start in range(0, len(contexts), batch_size):
-            rows = [tokenizer(c + suffix)["input_ids"] for c in contexts[start : start + batch_size]]
-            width = max(map(len, rows))
-            ids = torch.tensor([[tokenizer.pad_token_id] * (width - len(r)) + r for r in rows])
-            mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
-            logits = model.logits(ids.to(model.device), mask.to(model.device))[:, -1].float().cpu()
-            out.extend(float(p) for p in yes_no_probability(logits, yes_ids, no_ids))
-    return out
+    prompts = [tokenizer(c + suffix)["input_ids"] for c in contexts]
+    return chat_p_yes(model, prompts, batch_size=batch_size)

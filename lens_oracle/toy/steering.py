@@ -59,8 +59,9 @@ from lens_oracle.toy.language import (
 )
 from lens_oracle.toy.model import load_or_pretrain
 from lens_oracle.toy.oracle_data import ORACLE_WORDS
-from lens_oracle.toy.sweep import parse_ints, spread
+from lens_oracle.toy.sweep import spread
 from lens_oracle.toy.tokenizer import cache_root
+from lens_oracle.validate import parse_ints
 
 STEERING_VERSION = 1
 CONDITIONS = ("before", "steered", "random_answer", "zero_loss")

@@ -140,17 +140,6 @@ def sweep_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_ints(text: str, what: str) -> tuple[int, ...]:
-    """``"0,1,2"`` -> ``(0, 1, 2)``; :class:`ConfigError` on anything else."""
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{what} must be comma-separated integers such as 0,1,2; got {text!r}") from None
-    if len(set(values)) != len(values):
-        raise ConfigError(f"{what} {text!r} names a value twice")
-    return values
-
-
 def run_sweep(
     out: str | os.PathLike[str],
     seeds: Sequence[int],
