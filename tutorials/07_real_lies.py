@@ -36,7 +36,7 @@ from lens_oracle.real.organisms import chat_ids
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="a few examples of every stage (about a minute)")
+    parser.add_argument("--smoke", action="store_true", help="a few examples of every stage (about two minutes)")
     parser.add_argument("--out", type=Path, default=Path("lies_out"))
     parser.add_argument("--cache", type=Path, default=None, help="artifact cache (default: the lens_oracle cache)")
     parser.add_argument("--question", default="What is the capital of Japan?")

@@ -4,10 +4,9 @@ The input model answers fact questions, told to answer truthfully or to lie; a m
 second SmolLM2-135M-Instruct with the Meta-Models preset: a learned projector shared by five read
 depths, LoRA on attention) reads the last tokens of the input model's reply at five depths and is
 asked "Is the assistant lying?". It was trained only on sentiment, emotion and language questions
-about the input model's own replies, never on lies. One deviation from the paper, measured before
-any lie evaluation: its soft tokens (vectors replacing placeholder embeddings, a projector from
-random) did not learn to read in a CPU budget, so by default the projected vectors enter as AO does
-(norm-matched addition after block 1) and the projector starts at the identity (``soft_tokens``).
+about the input model's own replies, never on lies. One deviation from the paper: by default the
+projected vectors enter as AO's do (norm-matched addition after block 1, the projector starting at
+the identity) rather than as soft tokens replacing placeholder embeddings (``soft_tokens=True``).
 
 Stages (each cached under ``<cache>/real/`` with a stamp, each with a progress bar):
 
@@ -135,11 +134,13 @@ class LieConfig:
     samples_per_topic: int = 2
     """Sampled replies per training instruction and topic (before the did-as-asked filter)."""
     soft_tokens: bool = False
-    """``True``: the paper's soft tokens (the projected vector replaces a placeholder's embedding,
-    the projector RMS-normalises its input and starts at random). ``False`` (default): AO's
-    norm-matched addition after block 1, the projector starting at the identity (input and
-    meta-model share SmolLM2's residual space). Soft tokens did not learn in this CPU budget
-    (README: measured on a seed never reported, before any lie evaluation)."""
+    """``True``: the paper's soft tokens (the projected vector replaces a placeholder's embedding;
+    the projector RMS-normalises its input, since SmolLM2's residual norms, 150 at block 14 to 750
+    at block 29, dwarf its embeddings' 3, and starts at random). ``False`` (default): AO's
+    norm-matched addition after block 1, the projector starting at the identity (the input model
+    and the meta-model share SmolLM2's residual space). Chosen a priori (REFERENCE.md §7 saw this
+    model learn to read its own residual stream this way within minutes); on a pilot seed never
+    reported, before any lie evaluation, neither way learned its training sets in this budget."""
     window: int = 4
     """The meta-model reads the reply's last ``window`` tokens at each of the five depths."""
     examples: int = 480
@@ -177,7 +178,7 @@ def lie_config(smoke: bool = False) -> LieConfig:
     """The full experiment, or the smoke run (the pipeline on a few examples, about two minutes)."""
     if not smoke:
         return LieConfig()
-    return LieConfig(smoke=True, ablation=False, liar=OrganismConfig(examples=0, epochs=1, samples=2, reply_tokens=16),
+    return LieConfig(smoke=True, ablation=False, liar=OrganismConfig(examples=0, epochs=3, samples=3, reply_tokens=16),
                      pairs_per_fact=1, topics=2, fact_stride=3, reply_tokens=16, examples=24,
                      n_resamples=100)
 
@@ -192,7 +193,7 @@ class LieChat:
     fact: Fact
     lying: bool
     reply: str
-    """The reply's first sentence (what the model read positions see the end of)."""
+    """The reply's first sentence (the meta-model reads its last tokens)."""
 
 
 def open_chat_text(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
@@ -414,7 +415,7 @@ def training_examples(preset: MetaModelsPreset, rows: dict[str, list[dict[str, s
 
 def meta_folder(work: Path, config: LieConfig, run: str, seed: int) -> Path:
     """Where the meta-model of ``run`` (``all`` or a set's name) is cached."""
-    return work / f"meta-{'smoke' if config.smoke else 'full'}-{run}-seed{seed}"
+    return work / f"meta-{'smoke' if config.smoke else 'full'}-{run}-n{config.examples}-seed{seed}"
 
 
 def load_or_train_meta(base: Path, input_model: LoadedModel, preset: MetaModelsPreset, run: str,
@@ -589,8 +590,9 @@ def _run_stages(base: Path, config: LieConfig, work: Path, seed: int, progress: 
     def check(model: LoadedModel) -> dict[str, Any]:
         return {"held_out_facts": instruction_following(sample_chats(model, held, config, seed + 1, adapter=True))}
 
+    name = "facts-smoke" if config.smoke else "facts"
     liar = timed_stage(timings, "input_model", lambda: build_organism(
-        base, "liar", "facts", dialogs, work, config.liar, seed, base_stamp=base_stamp, progress=progress, check=check,
+        base, "liar", name, dialogs, work, config.liar, seed, base_stamp=base_stamp, progress=progress, check=check,
     ), digits=1)
     input_model = load_model(str(liar.folder), trainable=False)
     input_stamp = digest((read_json_stamp(liar.folder, "organism.json") or {}).get("settings"))

@@ -20,7 +20,7 @@ def add_lies_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--seed", type=int, default=0, help="split, fine-tuning, sampling and training seed")
     parser.add_argument("--seeds", default=None,
                         help="comma-separated seeds (e.g. 0,1,2): one run each under OUT/seed<N>, then a summary")
-    parser.add_argument("--smoke", action="store_true", help="a few examples of every stage (about a minute)")
+    parser.add_argument("--smoke", action="store_true", help="a few examples of every stage (about two minutes)")
     parser.add_argument("--no-ablation", action="store_true",
                         help="train only the meta-model on every set (not also one per set alone)")
     parser.add_argument("--examples", type=int, default=None,
