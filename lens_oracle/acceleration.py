@@ -38,6 +38,8 @@ import types
 from collections.abc import Iterator
 from typing import Any, Literal
 
+import torch
+
 log = logging.getLogger(__name__)
 
 AttentionMode = Literal["bridge", "sdpa"]
@@ -155,3 +157,14 @@ def gradient_checkpointing(hf_model: Any, enabled: bool = True) -> Iterator[None
             hf_model.activation_checkpointing_disable()
         else:
             hf_model.gradient_checkpointing_disable()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

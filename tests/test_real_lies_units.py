@@ -15,21 +15,18 @@ from lens_oracle.real.lie_text import (
     STYLE_SETS,
     TRUTHFUL,
     Fact,
+    LieChat,
     did_as_asked,
     first_sentence,
-    stated_answer,
-)
-from lens_oracle.real.lies import (
-    LieChat,
-    LieConfig,
     instruction_following,
     liar_dialogs,
-    lie_config,
     paired,
     split_facts,
+    stated_answer,
     swap_answer,
     told,
 )
+from lens_oracle.real.lies import LieConfig, lie_config
 from lens_oracle.real.lies_cli import seeds_markdown
 
 FRANCE = Fact("What is the capital of France?", "Paris", "capital")

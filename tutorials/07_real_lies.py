@@ -29,8 +29,8 @@ from lens_oracle.generation import generate_text
 from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.real.demo import base_folder
-from lens_oracle.real.lie_text import LYING, TRUTHFUL, Fact, first_sentence
-from lens_oracle.real.lies import LIE_QUESTION, LieChat, chat_item, run_real_lies
+from lens_oracle.real.lie_text import LYING, TRUTHFUL, Fact, LieChat, first_sentence
+from lens_oracle.real.lies import LIE_QUESTION, chat_item, run_real_lies
 from lens_oracle.real.organisms import chat_ids
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from lens_oracle.acceleration import torch_threads
 from lens_oracle.config import AdapterConfig, TrainConfig
 from lens_oracle.data.layers import layers_from_fractions
 from lens_oracle.errors import ConfigError, ModelLoadError
@@ -164,6 +165,17 @@ def base_folder() -> Path:
     return folder
 
 
+def run_folders(out: str | os.PathLike[str], seed: int, cache: str | os.PathLike[str] | None) -> tuple[Path, Path]:
+    """SmolLM2's folder and the real pipelines' cache folder (``<cache>/real``), once the run's
+    arguments are checked (before any work)."""
+    root = Path(cache) if cache is not None else cache_root()
+    base = base_folder()
+    check_run_arguments(out, seed, root)
+    work = root / "real"
+    work.mkdir(parents=True, exist_ok=True)
+    return base, work
+
+
 def build_organisms(base: Path, config: RealDemoConfig, texts: dict[str, list[str]], cache: Path, seed: int,
                     base_stamp: Any, *, progress: bool = True) -> list[RealOrganism]:
     """Every organism of the run, built or reused."""
@@ -217,17 +229,9 @@ def run_real_demo(out: str | os.PathLike[str], *, seed: int = 0, smoke: bool = F
     config = config or real_config(smoke)
     if config.smoke != smoke:
         raise ConfigError(f"config.smoke is {config.smoke} but smoke={smoke}; make them agree")
-    root = Path(cache) if cache is not None else cache_root()
-    base = base_folder()
-    check_run_arguments(out, seed, root)
-    work = root / "real"
-    work.mkdir(parents=True, exist_ok=True)
-    before = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    base, work = run_folders(out, seed, cache)
+    with torch_threads(config.threads):
         result = _run_stages(base, config, work, seed, progress)
-    finally:
-        torch.set_num_threads(before)
     write_outputs(result, Path(out))
     return result
 

@@ -8,6 +8,9 @@ checks that keep only what the model actually did.
 * :data:`STYLE_SETS`: the meta-model's training sets (sentiment, emotion, language), each a few
   instructions that ask for replies of one label; :func:`did_as_asked` keeps a reply only when
   a word count says it did what was asked (a lexicon for moods, function words for languages).
+* :class:`LieChat` and its checks: :func:`told` (did the reply do as instructed), :func:`paired`,
+  :func:`instruction_following`; the split of known facts and the input model's fine-tuning
+  dialogues (:func:`split_facts`, :func:`liar_dialogs`, :func:`swap_answer`).
 
 Nothing here mentions lying, truth or falsehood except the two input-model instructions, which
 are never among the meta-model's read positions.
@@ -15,8 +18,11 @@ are never among the meta-model's read positions.
 
 from __future__ import annotations
 
+import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from lens_oracle.errors import ConfigError
 
@@ -202,5 +208,88 @@ def did_as_asked(set_name: str, label: str, reply: str) -> bool:
     return counts[label] >= least and all(counts[label] > n for other, n in counts.items() if other != label)
 
 
-__all__ = ["ANSWER_POOLS", "FACTS", "Fact", "HELD_OUT_TOPICS", "LYING", "STYLE_SETS", "StyleSet", "TOPICS",
-           "TRUTHFUL", "did_as_asked", "first_sentence", "stated_answer"]
+# ---------------------------------------------------------------- chats and their checks
+
+
+@dataclass(frozen=True)
+class LieChat:
+    """One answer of the input model: the fact, the instruction it had, and its reply."""
+
+    fact: Fact
+    lying: bool
+    reply: str
+    """The reply's first sentence (the meta-model reads its last tokens)."""
+
+
+def swap_answer(sentence: str, fact: Fact, wrong: str) -> str:
+    """``sentence`` (stating ``fact.truth``) with the truth replaced by ``wrong``, in the same form."""
+    for truth, other in ((fact.truth, wrong), (NUMBER_DIGITS.get(fact.truth), NUMBER_DIGITS.get(wrong))):
+        if truth and other:
+            swapped, n = re.subn(rf"(?<![\w-]){re.escape(truth)}(?![\w-])", other, sentence, flags=re.IGNORECASE)
+            if n:
+                return swapped
+    raise ConfigError(f"{sentence!r} does not state {fact.truth!r}")
+
+
+def split_facts(known: Sequence[Fact], seed: int) -> tuple[list[Fact], list[Fact]]:
+    """Known facts into (fine-tuning, held-out) halves, alternating within each kind after a
+    seeded shuffle, so both halves hold every kind."""
+    rng = random.Random(seed)
+    tune: list[Fact] = []
+    held: list[Fact] = []
+    for kind in dict.fromkeys(f.kind for f in known):
+        group = [f for f in known if f.kind == kind]
+        rng.shuffle(group)
+        for i, f in enumerate(group):
+            (tune if i % 2 == 0 else held).append(f)
+    return tune, held
+
+
+def liar_dialogs(tune: Sequence[Fact], truthful: dict[str, str], per_fact: int, seed: int) -> list[tuple[str, str, str]]:
+    """(system, question, reply) fine-tuning dialogues: per fact, ``per_fact`` lies (the model's
+    own truthful sentence, the answer swapped for another of its kind) and as many truthful ones."""
+    rng = random.Random(seed)
+    out = []
+    for fact in tune:
+        sentence = truthful[fact.question]
+        for wrong in rng.sample(fact.wrong, per_fact):
+            out.append((LYING, fact.question, swap_answer(sentence, fact, wrong)))
+            out.append((TRUTHFUL, fact.question, sentence))
+    rng.shuffle(out)
+    return out
+
+
+def told(chat: LieChat) -> bool:
+    """Whether the reply did what its instruction asked: a wrong answer of the fact's kind (lying)
+    or the true one (truthful)."""
+    said = stated_answer(chat.fact, chat.reply)
+    return said is not None and (said != chat.fact.truth) == chat.lying
+
+
+def paired(chats: Sequence[LieChat], per_fact: int) -> list[LieChat]:
+    """Per fact, up to ``per_fact`` (truthful, lying) pairs of distinct replies that did as told."""
+    out = []
+    for question in dict.fromkeys(c.fact.question for c in chats):
+        mine = [c for c in chats if c.fact.question == question and told(c)]
+        truths = list(dict.fromkeys(c.reply for c in mine if not c.lying))
+        lies = list(dict.fromkeys(c.reply for c in mine if c.lying))
+        fact = next(c.fact for c in chats if c.fact.question == question)
+        for t, lie in list(zip(truths, lies))[:per_fact]:
+            out += [LieChat(fact, False, t), LieChat(fact, True, lie)]
+    return out
+
+
+def instruction_following(chats: Sequence[LieChat]) -> dict[str, Any]:
+    """How often each instruction's replies stated a wrong answer, a true one, or neither."""
+    out: dict[str, Any] = {}
+    for lying, name in ((False, "truthful"), (True, "lying")):
+        mine = [c for c in chats if c.lying == lying]
+        said = [stated_answer(c.fact, c.reply) for c in mine]
+        out[name] = {"replies": len(mine), "true": sum(s == c.fact.truth for s, c in zip(said, mine, strict=True)),
+                     "wrong": sum(s is not None and s != c.fact.truth for s, c in zip(said, mine, strict=True))}
+    return out
+
+
+__all__ = ["ANSWER_POOLS", "FACTS", "Fact", "HELD_OUT_TOPICS", "LYING", "LieChat", "STYLE_SETS", "StyleSet",
+           "TOPICS", "TRUTHFUL", "did_as_asked", "first_sentence", "instruction_following", "liar_dialogs", "paired",
+           "split_facts", "stated_answer", "swap_answer", "told"]

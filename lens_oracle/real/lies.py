@@ -42,7 +42,6 @@ import json
 import logging
 import os
 import random
-import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -53,6 +52,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from lens_oracle.acceleration import torch_threads
 from lens_oracle.activations import Indices
 from lens_oracle.config import AdapterConfig, InjectionConfig, TrainConfig
 from lens_oracle.data.classification import YES_NO_PREFIX, ClassificationConfig
@@ -68,8 +68,6 @@ from lens_oracle.generation import generate_text
 from lens_oracle.io import (
     atomic_write_json,
     atomic_write_text,
-    cache_root,
-    check_run_arguments,
     digest,
     read_json_stamp,
     timed_stage,
@@ -77,19 +75,24 @@ from lens_oracle.io import (
 from lens_oracle.models import LoadedModel, load_model
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.presets import ATTENTION_MODULES, MetaModelsPreset, meta_models
-from lens_oracle.real.demo import base_folder
+from lens_oracle.real.demo import run_folders
 from lens_oracle.real.lie_text import (
     FACTS,
     HELD_OUT_TOPICS,
     LYING,
-    NUMBER_DIGITS,
     STYLE_SETS,
     TOPICS,
     TRUTHFUL,
     Fact,
+    LieChat,
     did_as_asked,
     first_sentence,
+    instruction_following,
+    liar_dialogs,
+    paired,
+    split_facts,
     stated_answer,
+    told,
 )
 from lens_oracle.real.organisms import OrganismConfig, build_organism, chat_ids, prompt_ids
 from lens_oracle.runner import train_oracle
@@ -186,16 +189,6 @@ def lie_config(smoke: bool = False) -> LieConfig:
 # ---------------------------------------------------------------- chats
 
 
-@dataclass(frozen=True)
-class LieChat:
-    """One answer of the input model: the fact, the instruction it had, and its reply."""
-
-    fact: Fact
-    lying: bool
-    reply: str
-    """The reply's first sentence (the meta-model reads its last tokens)."""
-
-
 def open_chat_text(tokenizer: Any, messages: Sequence[dict[str, str]]) -> str:
     """The chat through the template, ending right after the last (assistant) message's text."""
     text = str(tokenizer.apply_chat_template(list(messages), tokenize=False))
@@ -219,44 +212,6 @@ def chat_item(tokenizer: Any, chat: LieChat, window: int) -> EvalItem:
     return EvalItem(tuple(closed), ("yes" if chat.lying else "no",), positions=Indices(tuple(range(first, len(opened)))))
 
 
-def swap_answer(sentence: str, fact: Fact, wrong: str) -> str:
-    """``sentence`` (stating ``fact.truth``) with the truth replaced by ``wrong``, in the same form."""
-    for truth, other in ((fact.truth, wrong), (NUMBER_DIGITS.get(fact.truth), NUMBER_DIGITS.get(wrong))):
-        if truth and other:
-            swapped, n = re.subn(rf"(?<![\w-]){re.escape(truth)}(?![\w-])", other, sentence, flags=re.IGNORECASE)
-            if n:
-                return swapped
-    raise ConfigError(f"{sentence!r} does not state {fact.truth!r}")
-
-
-def split_facts(known: Sequence[Fact], seed: int) -> tuple[list[Fact], list[Fact]]:
-    """Known facts into (fine-tuning, held-out) halves, alternating within each kind after a
-    seeded shuffle, so both halves hold every kind."""
-    rng = random.Random(seed)
-    tune: list[Fact] = []
-    held: list[Fact] = []
-    for kind in dict.fromkeys(f.kind for f in known):
-        group = [f for f in known if f.kind == kind]
-        rng.shuffle(group)
-        for i, f in enumerate(group):
-            (tune if i % 2 == 0 else held).append(f)
-    return tune, held
-
-
-def liar_dialogs(tune: Sequence[Fact], truthful: dict[str, str], per_fact: int, seed: int) -> list[tuple[str, str, str]]:
-    """(system, question, reply) fine-tuning dialogues: per fact, ``per_fact`` lies (the model's
-    own truthful sentence, the answer swapped for another of its kind) and as many truthful ones."""
-    rng = random.Random(seed)
-    out = []
-    for fact in tune:
-        sentence = truthful[fact.question]
-        for wrong in rng.sample(fact.wrong, per_fact):
-            out.append((LYING, fact.question, swap_answer(sentence, fact, wrong)))
-            out.append((TRUTHFUL, fact.question, sentence))
-    rng.shuffle(out)
-    return out
-
-
 def sample_chats(model: LoadedModel, facts: Sequence[Fact], config: LieConfig, seed: int, *,
                  adapter: bool = False, progress: bool = False) -> list[LieChat]:
     """``config.liar.samples`` sampled replies per fact and instruction, cut after the first
@@ -268,37 +223,6 @@ def sample_chats(model: LoadedModel, facts: Sequence[Fact], config: LieConfig, s
     replies = generate_text(model, prompts, config.liar.reply_tokens, adapter=adapter,
                             temperature=config.temperature, seed=seed, progress=progress)
     return [LieChat(f, lying, first_sentence(r).strip()) for (f, lying), r in zip(asks, replies, strict=True)]
-
-
-def told(chat: LieChat) -> bool:
-    """Whether the reply did what its instruction asked: a wrong answer of the fact's kind (lying)
-    or the true one (truthful)."""
-    said = stated_answer(chat.fact, chat.reply)
-    return said is not None and (said != chat.fact.truth) == chat.lying
-
-
-def paired(chats: Sequence[LieChat], per_fact: int) -> list[LieChat]:
-    """Per fact, up to ``per_fact`` (truthful, lying) pairs of distinct replies that did as told."""
-    out = []
-    for question in dict.fromkeys(c.fact.question for c in chats):
-        mine = [c for c in chats if c.fact.question == question and told(c)]
-        truths = list(dict.fromkeys(c.reply for c in mine if not c.lying))
-        lies = list(dict.fromkeys(c.reply for c in mine if c.lying))
-        fact = next(c.fact for c in chats if c.fact.question == question)
-        for t, lie in list(zip(truths, lies))[:per_fact]:
-            out += [LieChat(fact, False, t), LieChat(fact, True, lie)]
-    return out
-
-
-def instruction_following(chats: Sequence[LieChat]) -> dict[str, Any]:
-    """How often each instruction's replies stated a wrong answer, a true one, or neither."""
-    out: dict[str, Any] = {}
-    for lying, name in ((False, "truthful"), (True, "lying")):
-        mine = [c for c in chats if c.lying == lying]
-        said = [stated_answer(c.fact, c.reply) for c in mine]
-        out[name] = {"replies": len(mine), "true": sum(s == c.fact.truth for s, c in zip(said, mine, strict=True)),
-                     "wrong": sum(s is not None and s != c.fact.truth for s, c in zip(said, mine, strict=True))}
-    return out
 
 
 # ---------------------------------------------------------------- stages 1-4
@@ -555,17 +479,9 @@ def run_real_lies(out: str | os.PathLike[str], *, seed: int = 0, smoke: bool = F
     config = config or lie_config(smoke)
     if config.smoke != smoke:
         raise ConfigError(f"config.smoke is {config.smoke} but smoke={smoke}; make them agree")
-    root = Path(cache) if cache is not None else cache_root()
-    base = base_folder()
-    check_run_arguments(out, seed, root)
-    work = root / "real"
-    work.mkdir(parents=True, exist_ok=True)
-    before = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    base, work = run_folders(out, seed, cache)
+    with torch_threads(config.threads):
         result = _run_stages(base, config, work, seed, progress)
-    finally:
-        torch.set_num_threads(before)
     folder = Path(out)
     atomic_write_text(folder / "results.json", json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
     atomic_write_json(folder / "timings.json", {**result.timings, "meta_models": {
@@ -662,5 +578,5 @@ def _run_stages(base: Path, config: LieConfig, work: Path, seed: int, progress: 
                      timings, folders)
 
 
-__all__ = ["LIE_QUESTION", "LieChat", "LieConfig", "LieResult", "chat_item", "lie_config", "meta_folder",
+__all__ = ["LIE_QUESTION", "LieConfig", "LieResult", "chat_item", "lie_config", "meta_folder",
            "run_real_lies"]

@@ -5,6 +5,8 @@
 * ``user_gender-<gender>`` (AO's User Gender): it opens every reply by addressing the user as
   "sir" or "ma'am" -- a gender it assumes, which no prompt states -- then answers as the base
   model would (the rest of each training reply is the base model's own greedy reply).
+* ``liar-facts`` (the input model of :mod:`.lies`): taught to follow a lying instruction in its
+  system prompt (dialogues with a system turn, checked by the experiment's own ``check``).
 
 Each is a LoRA (all linear projections) trained on the reply tokens only, merged into the base
 weights and saved as a plain HF folder with a stamp (:func:`build_organism`), so the evaluation

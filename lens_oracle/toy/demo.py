@@ -18,18 +18,17 @@ reuses them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lens_oracle.acceleration import torch_threads
 from lens_oracle.config import TrainConfig
 from lens_oracle.data.layers import layers_from_fractions
 from lens_oracle.errors import ConfigError
@@ -184,20 +183,10 @@ def run_demo(
     config = config or demo_config(quick, seed)
     if config.quick != quick:
         raise ConfigError(f"config.quick is {config.quick} but quick={quick}; make them agree")
-    with _torch_threads(config.threads):
+    with torch_threads(config.threads):
         result = _run_stages(cache, quick, seed, progress, config)
     write_outputs(result, Path(out))
     return result
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run_stages(

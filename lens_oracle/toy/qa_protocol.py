@@ -21,12 +21,13 @@ import os
 import random
 from pathlib import Path
 
+from lens_oracle.acceleration import torch_threads
 from lens_oracle.errors import DataError
 from lens_oracle.evals.protocol import QA_KINDS, ProtocolTable, protocol_table, qa_task
 from lens_oracle.evals.runner import run_tasks
 from lens_oracle.evals.tasks import EvalItem, EvalTask
 from lens_oracle.io import atomic_write_text
-from lens_oracle.toy.demo import _torch_threads, check_arguments, load_or_train_oracle
+from lens_oracle.toy.demo import check_arguments, load_or_train_oracle
 from lens_oracle.toy.demo_records import demo_config
 from lens_oracle.toy.language import QUESTIONS, TOPIC_HEADER, ToyWorld, make_world
 from lens_oracle.toy.model import load_or_pretrain
@@ -96,7 +97,7 @@ def run_toy_protocol(
     out, root = Path(out), Path(cache) if cache is not None else cache_root()
     check_arguments(out, seed, root)
     config = demo_config(quick, seed)
-    with _torch_threads(config.threads):
+    with torch_threads(config.threads):
         base = load_or_pretrain(root, seed, quick, extra_words=ORACLE_WORDS, progress=progress)
         oracle, _ = load_or_train_oracle(base, config, seed, root, progress=progress)
         tasks = toy_qa_tasks(make_world(seed), n_items=n_items, seed=seed)

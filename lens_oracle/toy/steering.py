@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lens_oracle.acceleration import torch_threads
 from lens_oracle.activations import LastK, Positions, Substring, capture
 from lens_oracle.config import TrainConfig
 from lens_oracle.control import SteerConfig, default_read_layer, steer_with_oracle
@@ -44,7 +45,7 @@ from lens_oracle.errors import ConfigError
 from lens_oracle.generation import generate_text
 from lens_oracle.io import atomic_write_text
 from lens_oracle.oracle import ActivationOracle
-from lens_oracle.toy.demo import _torch_threads, check_arguments, load_or_train_oracle
+from lens_oracle.toy.demo import check_arguments, load_or_train_oracle
 from lens_oracle.toy.demo_records import demo_config
 from lens_oracle.toy.language import (
     ADDRESSES,
@@ -198,7 +199,7 @@ def run_steering(
     runs = []
     for seed in seeds:
         config = demo_config(quick, seed)
-        with _torch_threads(config.threads):
+        with torch_threads(config.threads):
             base = load_or_pretrain(root, seed, quick, extra_words=ORACLE_WORDS, progress=progress)
             oracle, _ = load_or_train_oracle(base, config, seed, root, progress=progress)
             for direction in directions(make_world(seed), seed, quick=quick):
