@@ -12,7 +12,7 @@ SmolLM2-135M-Instruct (fetched once with ``make real-model``) plays both parts:
    control (adapter off, untrained, shuffled / random / no vectors, the input model asked, the
    chat read as text without the instruction) and a supervised linear probe as the reference.
 
-    python tutorials/07_real_lies.py            # the README's table for one seed (about 30 minutes, cached)
+    python tutorials/07_real_lies.py            # the README's table for one seed (about 34 minutes, cached)
     python tutorials/07_real_lies.py --smoke    # a few examples of everything (what CI runs)
 
 ``lens-oracle lies [--seeds 0,1,2]`` runs the same experiment. Then the meta-model is asked about
