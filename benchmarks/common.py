@@ -176,8 +176,8 @@ class Workbench:
 def make_workbench(sizes: Sizes, device: str | torch.device, folder: Path, model_folder: Path | None = None) -> Workbench:
     """The toy tokenizer with ``n_extra_words`` filler words (vocabulary ~0.5k-3k), saved to
     ``folder``; or, with ``model_folder``, that real model's tokenizer."""
-    from lens_oracle.toy.language import make_world
-    from lens_oracle.toy.tokenizer import build_tokenizer
+    from lens_oracle.toy.world.language import make_world
+    from lens_oracle.toy.world.tokenizer import build_tokenizer
 
     if model_folder is not None:
         from lens_oracle.loading import ensure_pad_token, load_tokenizer

@@ -226,7 +226,7 @@ def _add_stage_commands(sub: argparse._SubParsersAction) -> None:
     add_eval_arguments(evaluate)
     evaluate.set_defaults(func=run_eval)
     add_train_arguments(sub)  # "train" and "cache"
-    from lens_oracle.toy.cli import add_demo_arguments, run_demo_command
+    from lens_oracle.toy.demo.cli import add_demo_arguments, run_demo_command
 
     demo = sub.add_parser("demo", help="the toy-world demo: train an oracle, audit model organisms")
     add_demo_arguments(demo)

@@ -102,9 +102,9 @@ class _Bench:
         self._oracle: Any = None
         self.fresh_model: Callable[[], Any]
         if model is None:
-            from lens_oracle.toy.language import make_world
             from lens_oracle.toy.tiny import random_tiny_llama
-            from lens_oracle.toy.tokenizer import build_tokenizer
+            from lens_oracle.toy.world.language import make_world
+            from lens_oracle.toy.world.tokenizer import build_tokenizer
 
             self.name = "doctor/tiny-llama"
             self.tokenizer = build_tokenizer(make_world(), folder / "tokenizer", padding_side="left")

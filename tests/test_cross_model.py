@@ -21,8 +21,8 @@ from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.presets import META_MODELS_TASKS, depth_layers, meta_models
 from lens_oracle.projector import projector_config
-from lens_oracle.train import Trainer, target_reader
 from lens_oracle.runner import train_oracle
+from lens_oracle.train import Trainer, target_reader
 
 QUESTION = "what colour is here ?"
 ADAPTER = AdapterConfig(rank=8, alpha=16, dropout=0.0)
@@ -149,8 +149,8 @@ def test_depth_layers_follow_the_paper() -> None:
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     """The toy world's tokenizer (it has yes/no tokens) and a random width-48 source for it."""
-    from lens_oracle.toy.language import make_world
-    from lens_oracle.toy.tokenizer import build_tokenizer
+    from lens_oracle.toy.world.language import make_world
+    from lens_oracle.toy.world.tokenizer import build_tokenizer
 
     world = make_world(0)
     tok = build_tokenizer(world, tmp_path_factory.mktemp("toy_tokenizer"))

@@ -28,8 +28,8 @@ from lens_oracle.data.cli import add_data_arguments, run_data
 from lens_oracle.data.preview import CLOSE_MARK, OPEN_MARK
 from lens_oracle.errors import ConfigError
 from lens_oracle.models import load_tokenizer
-from lens_oracle.toy.language import make_world
-from lens_oracle.toy.tokenizer import build_tokenizer
+from lens_oracle.toy.world.language import make_world
+from lens_oracle.toy.world.tokenizer import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 N_LAYERS = 4

@@ -19,9 +19,18 @@ import torch
 
 from lens_oracle.cli import main
 from lens_oracle.errors import ConfigError
-from lens_oracle.toy.demo import METHODS, check_arguments, demo_config, mixture_digest, run_demo
+from lens_oracle.toy.demo.pipeline import (
+    METHODS,
+    check_arguments,
+    demo_config,
+    mixture_digest,
+    run_demo,
+)
 
 TASKS = ("persona_facts", "taboo", "user_gender")
+"""The demo's organisms, which the oracle's mixture was built around."""
+HELD_OUT = ("home_city", "review_bias")
+ALL_TASKS = (*TASKS, *HELD_OUT)
 CONTROLS = tuple(m for m in METHODS if m != "oracle")
 MARGIN = 0.1
 """The least lead of the full demo's trained oracle over every control and baseline, on every
@@ -60,18 +69,20 @@ def test_demo_writes_every_output(first: tuple[Path, str]) -> None:
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for task in TASKS:
         assert task in stdout
+    for task in HELD_OUT:
+        assert f"{task} (held out)" in stdout
     assert "oracle reading the base model instead" in stdout
     assert "oracle reading organism minus base (model diffing)" in stdout
     timings = json.loads((out / "timings.json").read_text())
     assert timings["oracle_cached"] is False
     assert timings["threads"] == 2 and torch.get_num_threads() == 1  # pinned, then restored
-    assert {"base_model", "organisms", "oracle", "evaluation", "total"} <= set(timings)
+    assert {"base_model", "organisms", "organisms_checked", "oracle", "evaluation", "total"} <= set(timings)
 
 
 def test_results_hold_every_task_method_and_chance(results: dict) -> None:
     assert results["mode"] == "quick" and results["seed"] == 0
-    assert set(results["tasks"]) == set(TASKS)
-    for task in TASKS:
+    assert set(results["tasks"]) == set(ALL_TASKS) and results["held_out_kinds"] == list(HELD_OUT)
+    for task in ALL_TASKS:
         row = results["tasks"][task]
         assert set(row) == {*METHODS, "chance"}
         assert all(0.0 <= value <= 1.0 for value in row.values())
@@ -79,9 +90,11 @@ def test_results_hold_every_task_method_and_chance(results: dict) -> None:
             low, high = results["intervals_95"][task][method]
             assert low <= row[method] <= high
         assert results["n_items"][task] >= 10
-    assert set(results["oracle_reading_difference"]) == set(TASKS)
+    assert set(results["oracle_reading_difference"]) == set(ALL_TASKS)
     assert all(0.0 <= v <= 1.0 for v in results["oracle_reading_difference"].values())
-    assert results["version"] == 2
+    assert set(results["organism_learned"]) == set(ALL_TASKS)
+    assert results["version"] == 3
+    assert results["tasks"]["home_city"]["chance"] == 0.125 and results["tasks"]["review_bias"]["chance"] == 0.5
     assert results["tasks"]["user_gender"]["chance"] == 0.5
     assert results["tasks"]["taboo"]["chance"] == pytest.approx(1 / 6, abs=1e-6)
 
@@ -90,12 +103,12 @@ def test_the_quick_oracle_learned_to_answer_in_kind(first: tuple[Path, str], res
     """The quick table is noisy (its small model reads the organisms weakly; see the full demo
     below), but training shows: the trained oracle answers every audit question with one of the
     task's candidates, the untrained oracle and the black box never do."""
-    from lens_oracle.toy.language import LABELS
+    from lens_oracle.toy.world.language import LABELS
 
     report = json.loads((first[0] / "report.json").read_text())
     by_method: dict[str, list[bool]] = {}
     for result in report["results"]:
-        if "@" in result["task"]:  # the base-model control and the difference reading
+        if "@" in result["task"] or result["task"] in HELD_OUT:  # controls; the held-out kinds
             continue
         kind = result["task"].split("/")[-1]  # persona_facts/city -> city
         candidates = set(LABELS[{"taboo": "topic", "user_gender": "gender"}.get(kind, kind)])
@@ -165,25 +178,25 @@ def test_a_changed_mixture_builder_changes_the_oracle_stamp(
     first: tuple[Path, str], cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A cached oracle is only reused if its training examples would be built the same way."""
-    from lens_oracle.toy import oracle_data
+    from lens_oracle.toy.demo import mixture
 
     base, config, layers = cache / "base-quick-seed0", demo_config(True), (1, 2, 3)
     before = mixture_digest(base, config, 0, layers)
     assert mixture_digest(base, config, 0, layers) == before
-    original = oracle_data.gender_qa
+    original = mixture.gender_qa
 
     def last_token_only(*args, **kwargs):
         return [
             dataclasses.replace(e, positions=e.positions[-1:]) for e in original(*args, **kwargs)
         ]
 
-    monkeypatch.setattr(oracle_data, "gender_qa", last_token_only)
+    monkeypatch.setattr(mixture, "gender_qa", last_token_only)
     assert mixture_digest(base, config, 0, layers) != before
 
 
 def test_the_sweep_summarises_runs_per_organism() -> None:
     from lens_oracle.errors import ConfigError
-    from lens_oracle.toy.sweep import RunSummary, sweep_dict, sweep_markdown
+    from lens_oracle.toy.demo.sweep import RunSummary, sweep_dict, sweep_markdown
     from lens_oracle.validate import parse_ints
 
     runs = [

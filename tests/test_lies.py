@@ -14,9 +14,7 @@ from lens_oracle.config import ProjectorConfig
 from lens_oracle.evals.metrics import auroc
 from lens_oracle.evals.yes_no_table import Row, probability_row, table
 from lens_oracle.models import load_model
-from lens_oracle.toy.language import ATTRIBUTES, YES_NO_TEMPLATES, make_world
-from lens_oracle.toy.lie_experiment import LieExperiment, toy_preset
-from lens_oracle.toy.lies import (
+from lens_oracle.toy.lies.data import (
     LIE_QUESTION,
     LIE_WORDS,
     TASKS,
@@ -31,8 +29,10 @@ from lens_oracle.toy.lies import (
     text_p_yes,
     training_rows,
 )
-from lens_oracle.toy.model import read_stamp
-from lens_oracle.toy.tokenizer import build_tokenizer
+from lens_oracle.toy.lies.experiment import LieExperiment, toy_preset
+from lens_oracle.toy.world.language import ATTRIBUTES, YES_NO_TEMPLATES, make_world
+from lens_oracle.toy.world.model import read_stamp
+from lens_oracle.toy.world.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -36,10 +36,10 @@ from lens_oracle.data import (
 from lens_oracle.data.classification import YES_NO_PREFIX
 from lens_oracle.data.context_prediction import NEXT_QUESTION, PREVIOUS_QUESTION
 from lens_oracle.oracle import ActivationOracle
-from lens_oracle.toy.language import ToyWorld, make_world
-from lens_oracle.toy.tokenizer import build_tokenizer, split_words
-from lens_oracle.train import TrainResult
 from lens_oracle.runner import train_oracle
+from lens_oracle.toy.world.language import ToyWorld, make_world
+from lens_oracle.toy.world.tokenizer import build_tokenizer, split_words
+from lens_oracle.train import TrainResult
 
 N_ROWS = 60
 """Labelled rows per classification file (the mixture takes a weighted share of them)."""

@@ -129,8 +129,8 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(model) -> None:
 
 
 def test_toy_mixture_on_policy_option() -> None:
-    from lens_oracle.toy.language import make_world
-    from lens_oracle.toy.oracle_data import ToyMixtureConfig, build_toy_mixture
+    from lens_oracle.toy.demo.mixture import ToyMixtureConfig, build_toy_mixture
+    from lens_oracle.toy.world.language import make_world
 
     config = ToyMixtureConfig(total=60, on_policy_context=True)
     assert config.to_dict()["on_policy_context"] is True

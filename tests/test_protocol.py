@@ -15,8 +15,8 @@ from lens_oracle.evals.report import EvalReport
 from lens_oracle.evals.results import EvalResult
 from lens_oracle.evals.taskfile import tasks_from_json, tasks_to_json
 from lens_oracle.evals.tasks import EvalItem
-from lens_oracle.toy.language import make_world
-from lens_oracle.toy.qa_protocol import GIST_QUESTIONS, toy_qa_tasks
+from lens_oracle.toy.demo.qa_protocol import GIST_QUESTIONS, toy_qa_tasks
+from lens_oracle.toy.world.language import make_world
 
 
 def _result(task: str, method: str, predictions: list[list[str]]) -> EvalResult:

@@ -10,7 +10,7 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lens_oracle.errors import ConfigError, DataError, ModelLoadError
-from lens_oracle.toy.language import (
+from lens_oracle.toy.world.language import (
     ADDRESSES,
     GENDER_HINTS,
     PERSONAS,
@@ -21,7 +21,7 @@ from lens_oracle.toy.language import (
     make_world,
     render_chat,
 )
-from lens_oracle.toy.tokenizer import (
+from lens_oracle.toy.world.tokenizer import (
     PLACEHOLDER,
     SPECIAL_TOKENS,
     build_tokenizer,

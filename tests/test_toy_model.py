@@ -5,6 +5,7 @@ One quick base model is pretrained per module and shared; so are the three quick
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -16,17 +17,31 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
-import lens_oracle.toy.model as toy_model
-import lens_oracle.toy.organisms as toy_organisms
+import lens_oracle.toy.organisms.build as toy_organisms
+import lens_oracle.toy.world.model as toy_model
 from lens_oracle.errors import ConfigError
-from lens_oracle.toy.language import (
+from lens_oracle.toy.demo.mixture import ORACLE_WORDS
+from lens_oracle.toy.organisms import (
+    N_TABOO_GAMES,
+    TABOO_DIRECT_ASKS,
+    TABOO_HINT_ASKS,
+    TABOO_REFUSAL,
+    Organism,
+    build_organisms,
+    gender_prompts,
+    learned,
+    persona_prompt,
+    taboo_games,
+    user_genders,
+)
+from lens_oracle.toy.world.language import (
     ADDRESSES,
     ATTRIBUTES,
     TOPIC_WORDS,
     ToyWorld,
     make_world,
 )
-from lens_oracle.toy.model import (
+from lens_oracle.toy.world.model import (
     ORGANISM_WORDS,
     STAMP_FILE,
     ToyModelConfig,
@@ -38,20 +53,7 @@ from lens_oracle.toy.model import (
     read_stamp,
     spare_entities,
 )
-from lens_oracle.toy.oracle_data import ORACLE_WORDS
-from lens_oracle.toy.organisms import (
-    N_TABOO_GAMES,
-    TABOO_DIRECT_ASKS,
-    TABOO_HINT_ASKS,
-    TABOO_REFUSAL,
-    Organism,
-    build_organisms,
-    gender_prompts,
-    persona_prompt,
-    taboo_games,
-    user_genders,
-)
-from lens_oracle.toy.tokenizer import load_tokenizer
+from lens_oracle.toy.world.tokenizer import load_tokenizer
 
 Tok = PreTrainedTokenizerFast
 GENDER_WORDS = {
@@ -248,13 +250,29 @@ def test_gender_organism_addresses_each_user_as_it_believes(
     assert item.focus == f"i am {names[0]} ." and item.through_end and item.focus in item.prompt
 
 
+def test_every_organism_learned_what_it_hides_and_the_base_did_not(
+    organisms: dict[str, Organism], base: Path, world: ToyWorld
+) -> None:
+    """``learned``: the share of audit prompts whose greedy reply shows the hidden knowledge. The
+    same check on the base model (its folder standing in for the organism's) stays low."""
+    shares = {name: learned(o, world, quick=True) for name, o in organisms.items()}
+    assert shares["taboo"] >= 0.9 and shares["home_city"] >= 0.9 and shares["review_bias"] >= 0.9, shares
+    # user gender's 20 quick audit names: 0.80 on a fresh clone (the bar of its own test, 0.7)
+    assert shares["user_gender"] >= 0.7, shares
+    assert shares["persona_facts"] >= 0.3, shares  # a bio states the asked fact among five
+    for name in ("taboo", "user_gender", "home_city", "review_bias"):
+        as_base = dataclasses.replace(organisms[name], folder=str(base))
+        assert learned(as_base, world, quick=True) <= 0.65, name
+
+
 def test_organism_records_round_trip_and_load_as_models(
     organisms: dict[str, Organism], tok: Tok
 ) -> None:
     from lens_oracle.models import load_model
 
-    kinds = sorted(o.kind for o in organisms.values())
-    assert kinds == ["persona_facts", "taboo", "user_gender"]
+    kinds = [o.kind for o in organisms.values()]
+    assert kinds == ["persona_facts", "taboo", "user_gender", "home_city", "review_bias"]
+    assert [o.held_out for o in organisms.values()] == [False, False, False, True, True]
     for organism in organisms.values():
         assert Organism.from_dict(json.loads(json.dumps(organism.to_dict()))) == organism
     folder = organisms["persona_facts"].folder

@@ -10,9 +10,7 @@ import pytest
 from transformers import PreTrainedTokenizerFast
 
 from lens_oracle.errors import ConfigError
-from lens_oracle.toy.language import ADDRESSES, GENDER_HINTS, QUESTIONS, ToyWorld, make_world
-from lens_oracle.toy.model import organism_vocabulary, spare_entities
-from lens_oracle.toy.oracle_data import (
+from lens_oracle.toy.demo.mixture import (
     COMPONENTS,
     ORACLE_WORDS,
     TOPIC_QUESTIONS,
@@ -24,7 +22,9 @@ from lens_oracle.toy.oracle_data import (
     topic_qa,
 )
 from lens_oracle.toy.organisms import TABOO_QUESTION
-from lens_oracle.toy.tokenizer import build_tokenizer
+from lens_oracle.toy.world.language import ADDRESSES, GENDER_HINTS, QUESTIONS, ToyWorld, make_world
+from lens_oracle.toy.world.model import organism_vocabulary, spare_entities
+from lens_oracle.toy.world.tokenizer import build_tokenizer
 
 LAYERS = (1, 2, 3)
 
@@ -161,8 +161,8 @@ def test_oracle_words_are_single_tokens(tok: PreTrainedTokenizerFast, tmp_path: 
 @pytest.mark.parametrize("group", ["context", "classification", "qa"])
 def test_a_single_kind_of_task_at_the_same_size(world: ToyWorld, tok: PreTrainedTokenizerFast, group: str) -> None:
     """The diversity ablation's mixtures: one kind of task alone, the total unchanged."""
-    from lens_oracle.toy.demo_records import demo_config
-    from lens_oracle.toy.oracle_data import MIXTURE_GROUPS, mixture_group, only_group
+    from lens_oracle.toy.demo.mixture import MIXTURE_GROUPS, mixture_group, only_group
+    from lens_oracle.toy.demo.records import demo_config
 
     config = only_group(ToyMixtureConfig(total=300, seed=3), group)
     assert mixture_group(config) == group and mixture_group(ToyMixtureConfig()) == "full"

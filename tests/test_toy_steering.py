@@ -1,4 +1,4 @@
-"""The toy steering experiment (lens_oracle.toy.steering): its directions, controls and summary,
+"""The toy steering experiment (lens_oracle.toy.demo.steering): its directions, controls and summary,
 and a quick run on the quick demo's models (shared toy cache: reused after test_demo)."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 
 from lens_oracle.errors import ConfigError
-from lens_oracle.toy.language import ADDRESSES, ATTRIBUTES, make_world
-from lens_oracle.toy.steering import (
+from lens_oracle.toy.demo.steering import (
     CONDITIONS,
     directions,
     random_answer,
@@ -18,6 +17,7 @@ from lens_oracle.toy.steering import (
     steering_markdown,
     summarise,
 )
+from lens_oracle.toy.world.language import ADDRESSES, ATTRIBUTES, make_world
 
 
 def test_directions_hold_out_their_evaluation_prompts() -> None:

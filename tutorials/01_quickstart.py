@@ -18,7 +18,6 @@ import random
 import tempfile
 from pathlib import Path
 
-
 import lens_oracle as lo
 from lens_oracle.activations import tokenize_prompt
 
@@ -73,8 +72,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from lens_oracle.toy.language import make_world
-    from lens_oracle.toy.tokenizer import build_tokenizer
+    from lens_oracle.toy.world.language import make_world
+    from lens_oracle.toy.world.tokenizer import build_tokenizer
 
     world = make_world(args.seed)
     if args.model:

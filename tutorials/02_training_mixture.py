@@ -33,7 +33,6 @@ from collections import Counter
 from importlib import resources
 from pathlib import Path
 
-
 import lens_oracle as lo
 from lens_oracle.activations import read_vectors
 from lens_oracle.data import (
@@ -74,7 +73,7 @@ def toy_vocabulary_extras() -> list[str]:
     The toy tokenizer is word-level and lower-cases everything ("Yes" -> "yes"); a real
     tokenizer needs none of this.
     """
-    from lens_oracle.toy.tokenizer import split_words
+    from lens_oracle.toy.world.tokenizer import split_words
 
     templates = load_templates()
     texts = [YES_NO_PREFIX, PREVIOUS_QUESTION, NEXT_QUESTION, SPQA_FIXTURE.read_text("utf-8")]
@@ -228,8 +227,8 @@ def main() -> None:
     if args.hf_dataset and not args.model:
         parser.error("--hf-dataset needs --model: the toy tokenizer only knows the toy language")
 
-    from lens_oracle.toy.language import make_world
-    from lens_oracle.toy.tokenizer import build_tokenizer
+    from lens_oracle.toy.world.language import make_world
+    from lens_oracle.toy.world.tokenizer import build_tokenizer
 
     world = make_world(args.seed)
     if args.model:

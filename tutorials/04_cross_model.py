@@ -38,9 +38,7 @@ from lens_oracle.models import load_model
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.prompt import oracle_user_text
 from lens_oracle.runner import train_oracle
-from lens_oracle.toy.language import make_world
-from lens_oracle.toy.lie_experiment import LieExperiment, evaluate_lies, in_distribution, toy_preset
-from lens_oracle.toy.lies import (
+from lens_oracle.toy.lies.data import (
     TEMPLATES,
     TINY_ORACLE,
     TINY_TARGET,
@@ -48,7 +46,14 @@ from lens_oracle.toy.lies import (
     chat_text,
     training_rows,
 )
-from lens_oracle.toy.model import QUICK
+from lens_oracle.toy.lies.experiment import (
+    LieExperiment,
+    evaluate_lies,
+    in_distribution,
+    toy_preset,
+)
+from lens_oracle.toy.world.language import make_world
+from lens_oracle.toy.world.model import QUICK
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ known: the base model addresses a user as "sir ," or "madam ," from hints in the
 
 Each direction is trained on some prompts and measured on held-out ones, next to two controls:
 steering toward a random answer of another kind, and the same steps with the oracle's loss
-replaced by zero. ``python -m lens_oracle.toy.steering`` runs the same experiment.
+replaced by zero. ``python -m lens_oracle.toy.demo.steering`` runs the same experiment.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ def smoke() -> None:
     """The API on a tiny random Llama (no behaviour claim): steer, compare, save, reload."""
     from lens_oracle.activations import LastToken, capture
     from lens_oracle.generation import generate_text
-    from lens_oracle.toy.language import make_world
     from lens_oracle.toy.tiny import random_tiny_llama
-    from lens_oracle.toy.tokenizer import build_tokenizer
+    from lens_oracle.toy.world.language import make_world
+    from lens_oracle.toy.world.tokenizer import build_tokenizer
 
     world = make_world(0)
     tokenizer = build_tokenizer(world)
@@ -67,8 +67,8 @@ def main() -> None:
     if args.smoke:
         smoke()
         return
-    from lens_oracle.toy.steering import run_steering, steering_markdown
-    from lens_oracle.toy.sweep import parse_ints
+    from lens_oracle.toy.demo.steering import run_steering, steering_markdown
+    from lens_oracle.toy.demo.sweep import parse_ints
 
     data = run_steering(args.out, seeds=parse_ints(args.seeds, "--seeds"), quick=not args.full)
     print(steering_markdown(data))

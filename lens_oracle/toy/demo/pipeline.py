@@ -1,9 +1,11 @@
 """``lens-oracle demo``: the whole Activation Oracles story on the toy world, on a CPU.
 
-1. Pretrain (or reuse) the toy base model, :func:`~lens_oracle.toy.model.load_or_pretrain`.
-2. Fine-tune (or reuse) the model organisms, :func:`~lens_oracle.toy.organisms.build_organisms`.
+1. Pretrain (or reuse) the toy base model, :func:`~lens_oracle.toy.world.model.load_or_pretrain`.
+2. Fine-tune (or reuse) the model organisms, :func:`~lens_oracle.toy.organisms.build_organisms`:
+   the three the oracle's mixture was built around and the held-out kinds
+   (:mod:`lens_oracle.toy.organisms.held_out`); check that each learned what it hides.
 3. Train (or reuse) the oracle: a LoRA on the *base* model, trained on the base mixture of
-   :mod:`lens_oracle.toy.oracle_data` only -- it never sees an organism.
+   :mod:`lens_oracle.toy.demo.mixture` only -- it never sees an organism.
 4. Audit every organism with :mod:`lens_oracle.evals` (the oracle against the untrained oracle,
    zero and shuffled activations, the organism asked in text and the logit lens), plus one
    more control: the same oracle reading the *base* model on the same prompts, which shows that
@@ -40,14 +42,14 @@ from lens_oracle.io import atomic_write_json, timed_stage
 from lens_oracle.io import check_run_arguments as check_arguments
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.runner import train_oracle
-from lens_oracle.toy import audit
-from lens_oracle.toy.demo_records import METHODS, DemoConfig, DemoResult, demo_config
-from lens_oracle.toy.demo_report import write_outputs
-from lens_oracle.toy.language import make_world
-from lens_oracle.toy.model import digest, load_or_pretrain, read_stamp
-from lens_oracle.toy.oracle_data import ORACLE_WORDS, build_toy_mixture, mixture_group
-from lens_oracle.toy.organisms import Organism, build_organisms
-from lens_oracle.toy.tokenizer import cache_root, load_tokenizer
+from lens_oracle.toy.demo import audit
+from lens_oracle.toy.demo.mixture import ORACLE_WORDS, build_toy_mixture, mixture_group
+from lens_oracle.toy.demo.records import METHODS, DemoConfig, DemoResult, demo_config
+from lens_oracle.toy.demo.report import write_outputs
+from lens_oracle.toy.organisms import Organism, build_organisms, learned
+from lens_oracle.toy.world.language import make_world
+from lens_oracle.toy.world.model import digest, load_or_pretrain, read_stamp
+from lens_oracle.toy.world.tokenizer import cache_root, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +90,9 @@ def load_or_train_oracle(
     """
     world = make_world(seed)
     group = mixture_group(config.mixture)
-    variant = ("-on-policy" if config.mixture.on_policy_context else "") + ("" if group == "full" else f"-{group}-only")
+    variant = ("-on-policy" if config.mixture.on_policy_context else "") + {
+        "full": "", "diverse": "-diverse"
+    }.get(group, f"-{group}-only")
     folder = cache / f"oracle-{'quick' if config.quick else 'full'}-seed{seed}{variant}"
     oracle_layers = layers_from_fractions(_n_layers(base), config.read_fractions)
     settings = oracle_settings(base, config, seed, oracle_layers)
@@ -201,6 +205,9 @@ def _run_stages(
     organisms = timed_stage(timings, "organisms", lambda: build_organisms(
         base, world, cache, quick, seed=seed, progress=progress
     ))
+    learned_shares = timed_stage(timings, "organisms_checked", lambda: {
+        o.kind: learned(o, world, quick) for o in organisms
+    })
     oracle, cached = timed_stage(timings, "oracle", lambda: load_or_train_oracle(
         base, config, seed, cache, progress=progress
     ))
@@ -209,4 +216,6 @@ def _run_stages(
         timings, "evaluation", lambda: audit_organisms(oracle, organisms, config, seed)
     )
     timings["total"] = round(time.perf_counter() - start, 2)
-    return DemoResult(seed, config, tuple(organisms), scores, base_control, report, diff_reading, timings)
+    return DemoResult(
+        seed, config, tuple(organisms), scores, base_control, report, diff_reading, learned_shares, timings
+    )

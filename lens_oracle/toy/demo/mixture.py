@@ -20,6 +20,17 @@ skill an audit later needs, on base text:
   them as sir or madam), read from the user's first word through the end (or, a quarter of the
   time, at its last tokens), asked "is the user male or female ?" (user gender).
 
+The ``diverse`` mixture adds two components that are about no organism, only about reading in
+general (more question forms, every read position, free-form answers):
+
+* ``attribute_qa``: a text about a person (a request about them, a question, one of their facts),
+  read at the name, at the last tokens (where the model is about to answer about them) or over
+  the whole text, asked one of their attributes in one of two wordings ("what city does this
+  person live in ?" or "where does this person live ?").
+* ``text_qa``: a topic or review text, alone or as an assistant's reply, read over the whole
+  text or at its last tokens, asked its topic or sentiment in free form ("is this text positive
+  or negative ?" -> "negative").
+
 The toy oracle learns a fixed set of question wordings (listed in :data:`ORACLE_WORDS` and the
 constants below); what the demo tests is whether reading *base* activations carries over to
 fine-tuned models, not whether the oracle understands new wordings.
@@ -40,7 +51,8 @@ from lens_oracle.data.layers import check_layers, sample_layer
 from lens_oracle.data.mixture import Mixture, MixtureComponent
 from lens_oracle.data.spqa import SPQAConfig, build_spqa
 from lens_oracle.errors import ConfigError
-from lens_oracle.toy.language import (
+from lens_oracle.toy.organisms import ABOUT, TABOO_QUESTION
+from lens_oracle.toy.world.language import (
     ASK_TEMPLATES,
     ASK_TOPIC,
     FACT_TEMPLATES,
@@ -49,8 +61,8 @@ from lens_oracle.toy.language import (
     Entity,
     ToyWorld,
     chat_prompt,
+    render_chat,
 )
-from lens_oracle.toy.organisms import ABOUT, TABOO_QUESTION
 
 if TYPE_CHECKING:
     from lens_oracle.models import LoadedModel
@@ -71,15 +83,32 @@ ORACLE_WORDS: tuple[str, ...] = (
 COMPONENTS: tuple[str, ...] = (
     "context_prediction", "classification", "persona", "entity_qa", "topic_qa", "gender_qa",
 )
+"""The demo mixture's components."""
+DIVERSE_COMPONENTS: tuple[str, ...] = ("attribute_qa", "text_qa")
+"""What the ``diverse`` mixture adds: reading in general, about no organism."""
 MIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
     "full": COMPONENTS,
     "context": ("context_prediction",),
     "classification": ("classification",),
     "qa": ("persona", "entity_qa", "topic_qa", "gender_qa"),
+    "diverse": (*COMPONENTS, *DIVERSE_COMPONENTS),
 }
 """The diversity ablation's mixtures (AO: diverse data helped in 10 of 12 settings): the whole
 mixture, or one kind of task alone (context prediction; yes/no classification; the question-answer
-tasks), each at the same total example count."""
+tasks), each at the same total example count; and the whole mixture with the general reading
+components added (``diverse``, same count)."""
+DIVERSE_WEIGHTS: tuple[tuple[str, float], ...] = (("attribute_qa", 2.0), ("text_qa", 1.5))
+"""The added components' weights in the ``diverse`` mixture (the others keep theirs)."""
+ATTRIBUTE_QUESTIONS: dict[str, tuple[str, ...]] = {
+    a: tuple(dict.fromkeys((QUESTIONS[a], ASK_TEMPLATES[a].format(e="this person")))) for a in ASK_TEMPLATES
+}
+"""Each attribute's question wordings in ``attribute_qa``: the demo's and the world's own."""
+TEXT_QUESTIONS: dict[str, tuple[str, ...]] = {
+    "topic": (QUESTIONS["topic"], "what is this text about ?"),
+    "sentiment": (QUESTIONS["sentiment"], "is the sentiment positive or negative ?"),
+}
+"""Free-form questions of ``text_qa``."""
+ASK_ANYTHING = "tell me something ."
 
 
 @dataclass(frozen=True)
@@ -105,11 +134,10 @@ class ToyMixtureConfig:
 
     def __post_init__(self) -> None:
         names = [name for name, _ in self.weights]
-        unknown = sorted(set(names) - set(COMPONENTS))
+        known = (*COMPONENTS, *DIVERSE_COMPONENTS)
+        unknown = sorted(set(names) - set(known))
         if unknown or len(set(names)) != len(names) or not names:
-            raise ConfigError(
-                f"mixture weights name {names}; give each of {COMPONENTS} at most once"
-            )
+            raise ConfigError(f"mixture weights name {names}; give each of {known} at most once")
         if any(not w > 0 for _, w in self.weights) or self.total < len(names):
             raise ConfigError(f"weights must be positive and total >= {len(names)}, got {self}")
 
@@ -241,6 +269,57 @@ def gender_qa(
     return out
 
 
+def attribute_qa(
+    world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
+) -> list[OracleExample]:
+    """``n`` examples: a text about a person read at the name, at the last tokens or over the
+    whole text (a third each), asked one of their attributes in one of its wordings."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        entity = rng.choice(world.entities)
+        attribute = rng.choice(world.attribute_names)
+        ids = tokenizer(name_context(world, entity, rng))["input_ids"]
+        where = rng.choice(("name", "last", "all"))
+        if where == "name":
+            positions = name_span(tokenizer, ids, entity.name)
+            ids = ids[: positions[-1] + 1]
+        else:
+            positions = _last_tokens(rng, len(ids)) if where == "last" else tuple(range(1, len(ids)))
+        out.append(OracleExample(
+            context_ids=tuple(ids), positions=positions, layer=sample_layer(rng, layers),
+            question=rng.choice(ATTRIBUTE_QUESTIONS[attribute]), answer=entity.value(attribute),
+            task="attribute_qa", context_text=tokenizer.decode(ids),
+            meta={"entity": entity.name, "attribute": attribute, "read": where},
+        ))
+    return out
+
+
+def text_qa(
+    world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
+) -> list[OracleExample]:
+    """``n`` examples: one to three topic or review sentences, alone or as an assistant's reply
+    to a request, read over the whole text or at its last tokens, asked the topic or the
+    sentiment in free form."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        kind = rng.choice(("topic", "sentiment"))
+        label = rng.choice(world.values(kind))
+        make = world.topic_sentence if kind == "topic" else world.sentiment_sentence
+        text = " ".join(make(rng, label)[0] for _ in range(rng.randint(1, 3)))
+        if rng.random() < 0.5:  # as a reply to a request that names nothing
+            text = render_chat([{"role": "user", "content": ASK_ANYTHING}, {"role": "assistant", "content": text}])
+        ids = tokenizer(text)["input_ids"]
+        positions = _last_tokens(rng, len(ids)) if rng.random() < 0.4 else tuple(range(1, len(ids)))
+        out.append(OracleExample(
+            context_ids=tuple(ids), positions=positions, layer=sample_layer(rng, layers),
+            question=rng.choice(TEXT_QUESTIONS[kind]), answer=label, task="text_qa",
+            context_text=tokenizer.decode(ids), meta={kind: label},
+        ))
+    return out
+
+
 def _classification(
     world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
 ) -> list[OracleExample]:
@@ -283,10 +362,11 @@ def _persona(
 
 def only_group(config: ToyMixtureConfig, group: str) -> ToyMixtureConfig:
     """``config`` restricted to the components of :data:`MIXTURE_GROUPS` ``[group]`` (their
-    weights kept, the total unchanged)."""
+    weights kept, the total unchanged); ``"diverse"`` adds :data:`DIVERSE_WEIGHTS`."""
     if group not in MIXTURE_GROUPS:
         raise ConfigError(f"unknown mixture {group!r}; choose one of {sorted(MIXTURE_GROUPS)}")
-    kept = tuple((name, w) for name, w in config.weights if name in MIXTURE_GROUPS[group])
+    weights = (*config.weights, *DIVERSE_WEIGHTS) if group == "diverse" else config.weights
+    kept = tuple((name, w) for name, w in dict(weights).items() if name in MIXTURE_GROUPS[group])
     return dataclasses.replace(config, weights=kept)
 
 
@@ -340,6 +420,8 @@ def build_toy_mixture(
         "entity_qa": lambda: entity_qa(world, tokenizer, layers, need("entity_qa"), seed + 4),
         "topic_qa": lambda: topic_qa(world, tokenizer, layers, need("topic_qa"), seed + 5),
         "gender_qa": lambda: gender_qa(world, tokenizer, layers, need("gender_qa"), seed + 6),
+        "attribute_qa": lambda: attribute_qa(world, tokenizer, layers, need("attribute_qa"), seed + 7),
+        "text_qa": lambda: text_qa(world, tokenizer, layers, need("text_qa"), seed + 8),
     }
     components = [
         MixtureComponent(name, builders[name], weight=weight) for name, weight in config.weights

@@ -10,7 +10,7 @@ label, fact and gist is known by construction.
 
 The oracle is the demo's (trained on the base mixture, cached and stamped like the demo's), reading
 the base model's last-token activation at half depth; every control runs beside it. Run it with
-``python -m lens_oracle.toy.qa_protocol --out DIR [--quick] [--seed N]``.
+``python -m lens_oracle.toy.demo.qa_protocol --out DIR [--quick] [--seed N]``.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ from lens_oracle.evals.protocol import QA_KINDS, ProtocolTable, protocol_table, 
 from lens_oracle.evals.runner import run_tasks
 from lens_oracle.evals.tasks import EvalItem, EvalTask
 from lens_oracle.io import atomic_write_text
-from lens_oracle.toy.demo import check_arguments, load_or_train_oracle
-from lens_oracle.toy.demo_records import demo_config
-from lens_oracle.toy.language import QUESTIONS, TOPIC_HEADER, ToyWorld, make_world
-from lens_oracle.toy.model import load_or_pretrain
-from lens_oracle.toy.oracle_data import ORACLE_WORDS
-from lens_oracle.toy.tokenizer import cache_root
+from lens_oracle.toy.demo.mixture import ORACLE_WORDS
+from lens_oracle.toy.demo.pipeline import check_arguments, load_or_train_oracle
+from lens_oracle.toy.demo.records import demo_config
+from lens_oracle.toy.world.language import QUESTIONS, TOPIC_HEADER, ToyWorld, make_world
+from lens_oracle.toy.world.model import load_or_pretrain
+from lens_oracle.toy.world.tokenizer import cache_root
 
 METHODS = ("oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "black_box", "logit_lens")
 GIST_QUESTIONS = ("what is this text about ?", "tell me something about this text .")

@@ -17,8 +17,8 @@ from lens_oracle.errors import EvalError
 from lens_oracle.evals.metrics import Score, summarize
 from lens_oracle.evals.report import EvalReport
 from lens_oracle.evals.tasks import EvalItem, EvalTask, TargetSpec
-from lens_oracle.toy.language import QUESTIONS
 from lens_oracle.toy.organisms import AuditItem, Organism
+from lens_oracle.toy.world.language import QUESTIONS
 
 MAX_NEW_TOKENS = 4
 """Every answer is one word; a few tokens leave room for a stray article or full stop."""

@@ -22,7 +22,7 @@ show the wanted behaviour, and the fraction of the oracle's answers on the steer
 that are the wanted answer. Settings (learning rate, epochs, read spans) were chosen on seed 0,
 which the README reports apart from the evaluation seeds.
 
-Run ``python -m lens_oracle.toy.steering --out DIR [--quick] [--seeds 1,2]``; writes
+Run ``python -m lens_oracle.toy.demo.steering --out DIR [--quick] [--seeds 1,2]``; writes
 ``steering.json`` (deterministic for the same seeds and threads) and ``steering.md``.
 """
 
@@ -45,9 +45,11 @@ from lens_oracle.errors import ConfigError
 from lens_oracle.generation import generate_text
 from lens_oracle.io import atomic_write_text
 from lens_oracle.oracle import ActivationOracle
-from lens_oracle.toy.demo import check_arguments, load_or_train_oracle
-from lens_oracle.toy.demo_records import demo_config
-from lens_oracle.toy.language import (
+from lens_oracle.toy.demo.mixture import ORACLE_WORDS
+from lens_oracle.toy.demo.pipeline import check_arguments, load_or_train_oracle
+from lens_oracle.toy.demo.records import demo_config
+from lens_oracle.toy.demo.sweep import spread
+from lens_oracle.toy.world.language import (
     ADDRESSES,
     ASK_TOPIC,
     ATTRIBUTES,
@@ -58,10 +60,8 @@ from lens_oracle.toy.language import (
     chat_prompt,
     make_world,
 )
-from lens_oracle.toy.model import load_or_pretrain
-from lens_oracle.toy.oracle_data import ORACLE_WORDS
-from lens_oracle.toy.sweep import spread
-from lens_oracle.toy.tokenizer import cache_root
+from lens_oracle.toy.world.model import load_or_pretrain
+from lens_oracle.toy.world.tokenizer import cache_root
 from lens_oracle.validate import parse_ints
 
 STEERING_VERSION = 1

@@ -13,7 +13,7 @@ Design decisions:
   ``apply_chat_template`` tokenizes with ``add_special_tokens=False``, so the chat template
   writes ``<bos>`` itself: one BOS either way. To tokenize a chat rendered with
   ``tokenize=False``, pass ``add_special_tokens=False`` (or use
-  :func:`lens_oracle.toy.language.render_chat`, which leaves the BOS to the tokenizer).
+  :func:`lens_oracle.toy.world.language.render_chat`, which leaves the BOS to the tokenizer).
 * **Chat.** ``<bos><user> {content} <end> <assistant> {content} <end>``; the generation
   prompt appends `` <assistant>``, so a prompt's ids are a prefix of the full chat's ids.
   ``eos_token`` is ``<end>``, which closes every turn, so ``generate`` stops at the end of a
@@ -37,7 +37,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from lens_oracle.errors import ConfigError, ModelLoadError
 from lens_oracle.io import atomic_folder, cache_root
-from lens_oracle.toy.language import END_TOKEN, NUMBER_WORDS, ROLES, ToyWorld
+from lens_oracle.toy.world.language import END_TOKEN, NUMBER_WORDS, ROLES, ToyWorld
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK, *(f"<{r}>" for r in ROLES), END_TOKEN)

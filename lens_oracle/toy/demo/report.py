@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from lens_oracle.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from lens_oracle.toy.demo_records import DemoResult
+from lens_oracle.toy.demo.records import DemoResult
 
 log = logging.getLogger(__name__)
 
-RESULTS_VERSION = 2
-"""2: ``oracle_reading_difference`` (model diffing) added."""
+RESULTS_VERSION = 3
+"""2: ``oracle_reading_difference`` (model diffing) added; 3: the held-out organism kinds
+(``held_out_kinds``) and ``organism_learned``."""
 SHORT_NAMES = {
     "oracle": "oracle", "untrained_oracle": "untrained", "ablated_zero": "zero",
     "ablated_shuffle": "shuffle", "black_box": "black box", "logit_lens": "logit lens",
@@ -49,6 +50,8 @@ def results_dict(result: DemoResult) -> dict[str, Any]:
             kind: round(s.mean, 6) for kind, s in result.diff_reading.items()
         },
         "n_items": counts,
+        "held_out_kinds": [kind for kind in result.scores if result.held_out(kind)],
+        "organism_learned": {kind: round(share, 6) for kind, share in result.learned.items()},
         "organisms": {
             o.name: {"kind": o.kind, "hidden": dict(o.hidden), "prompts": len(o.prompts)}
             for o in result.organisms
@@ -62,6 +65,11 @@ def results_json(result: DemoResult) -> str:
     return json.dumps(results_dict(result), indent=2, sort_keys=True, allow_nan=False) + "\n"
 
 
+def row_label(result: DemoResult, kind: str) -> str:
+    """``kind``, marked when the oracle's mixture was not built around it."""
+    return f"{kind} (held out)" if result.held_out(kind) else kind
+
+
 def format_table(result: DemoResult) -> str:
     """A plain-text table: one row per organism, one column per method, then chance and margin."""
     methods = list(next(iter(result.scores.values())))
@@ -70,7 +78,7 @@ def format_table(result: DemoResult) -> str:
     for kind, scores in result.scores.items():
         best, margin = result.margin(kind)
         rows.append([
-            kind, *(f"{scores[m].mean:.2f}" for m in methods), f"{result.chance(kind):.2f}",
+            row_label(result, kind), *(f"{scores[m].mean:.2f}" for m in methods), f"{result.chance(kind):.2f}",
             f"{margin:+.2f} vs {SHORT_NAMES.get(best, best)}",
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -81,6 +89,9 @@ def format_table(result: DemoResult) -> str:
     if result.diff_reading:
         diff = ", ".join(f"{k} {s.mean:.2f}" for k, s in result.diff_reading.items())
         lines.append(f"oracle reading organism minus base (model diffing): {diff}")
+    if result.learned:
+        shares = ", ".join(f"{k} {v:.2f}" for k, v in result.learned.items())
+        lines.append(f"organisms' replies that show what they hide (learned): {shares}")
     return "\n".join(lines)
 
 
@@ -95,14 +106,17 @@ def results_markdown(result: DemoResult) -> str:
     lines = [
         f"# lens-oracle demo ({'quick' if result.config.quick else 'full'}, seed {result.seed})",
         "",
-        "| task | " + " | ".join(methods) + " | chance | oracle on base model | oracle on organism − base |",
-        "|---" * (len(methods) + 4) + "|",
+        "| task | " + " | ".join(methods) + " | chance | oracle on base model | oracle on organism − base "
+        "| organism learned |",
+        "|---" * (len(methods) + 5) + "|",
     ]
     for kind, scores in result.scores.items():
         cells = [f"{s.mean:.2f} [{s.low:.2f}, {s.high:.2f}]" for s in scores.values()]
+        learned = result.learned.get(kind)
         lines.append(
-            f"| {kind} | " + " | ".join(cells) + f" | {result.chance(kind):.2f} | "
-            f"{result.base_control[kind].mean:.2f} | {_diff_cell(result, kind)} |"
+            f"| {row_label(result, kind)} | " + " | ".join(cells) + f" | {result.chance(kind):.2f} | "
+            f"{result.base_control[kind].mean:.2f} | {_diff_cell(result, kind)} | "
+            + ("n/a" if learned is None else f"{learned:.2f}") + " |"
         )
     return "\n".join(lines) + "\n\n## Every task\n\n" + result.report.to_markdown()
 
@@ -121,7 +135,7 @@ def plot_results(result: DemoResult, path: Path) -> Path | None:
     kinds = list(result.scores)
     methods = list(result.scores[kinds[0]])
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(2.4 * len(kinds) + 2, 3.8))
+    fig, ax = plt.subplots(figsize=(2.2 * len(kinds) + 2, 3.8))
     try:
         for j, method in enumerate(methods):
             xs = [i + (j - (len(methods) - 1) / 2) * width for i in range(len(kinds))]
@@ -133,7 +147,7 @@ def plot_results(result: DemoResult, path: Path) -> Path | None:
         for i, kind in enumerate(kinds):
             ax.hlines(result.chance(kind), i - 0.45, i + 0.45, colors="black", linestyles="dashed",
                       label="chance" if i == 0 else None)
-        ax.set_xticks(range(len(kinds)), kinds)
+        ax.set_xticks(range(len(kinds)), [row_label(result, k).replace(" (", "\n(") for k in kinds])
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("accuracy")
         ax.set_title(f"toy-world audits ({'quick' if result.config.quick else 'full'}, "

@@ -1,9 +1,9 @@
 """The toy lie-detection experiment: train a Meta-Models oracle on the toy sets (never on
 lying), then ask it "is the assistant lying ?" about chats it has never seen the like of.
 
-See :mod:`lens_oracle.toy.lies` for the world, the models and the baselines. Shell::
+See :mod:`lens_oracle.toy.lies.data` for the world, the models and the baselines. Shell::
 
-    python -m lens_oracle.toy.lie_experiment [--lie-aware] [--tasks sentiment,emotion] [--seed 0]
+    python -m lens_oracle.toy.lies.experiment [--lie-aware] [--tasks sentiment,emotion] [--seed 0]
 
 One deviation from the paper's recipe, measured: the toy target does not summarise a sentence
 in its final token (a linear probe reads a reply's sentiment from the last token at 0.67-0.72
@@ -36,7 +36,7 @@ from lens_oracle.models import LoadedModel
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.presets import ATTENTION_MODULES, MetaModelsPreset, meta_models
 from lens_oracle.runner import train_oracle
-from lens_oracle.toy.lies import (
+from lens_oracle.toy.lies.data import (
     LIE_QUESTION,
     TASKS,
     TEMPLATES,
@@ -64,7 +64,7 @@ class LieExperiment:
     """Settings of one run: a meta-model trained on ``tasks``, evaluated on each lie style."""
 
     tasks: tuple[str, ...] = TASKS
-    """Training sets (a subset of :data:`~lens_oracle.toy.lies.TASKS`)."""
+    """Training sets (a subset of :data:`~lens_oracle.toy.lies.data.TASKS`)."""
     per_task: int = 600
     """Training examples per task (balanced yes/no)."""
     window: int = 3

@@ -35,7 +35,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from lens_oracle.evals.controls import text_p_yes as chat_p_yes
 from lens_oracle.evals.tasks import EvalItem
 from lens_oracle.models import LoadedModel, load_model
-from lens_oracle.toy.language import (
+from lens_oracle.toy.world.language import (
     ASK_SENTIMENT,
     ASK_TEMPLATES,
     ATTRIBUTES,
@@ -46,7 +46,7 @@ from lens_oracle.toy.language import (
     make_world,
     render_chat,
 )
-from lens_oracle.toy.model import (
+from lens_oracle.toy.world.model import (
     FORMAT_VERSION,
     QUICK,
     ToyModelConfig,
@@ -60,7 +60,7 @@ from lens_oracle.toy.model import (
     stamp_matches,
     train_causal_lm,
 )
-from lens_oracle.toy.tokenizer import build_tokenizer, cache_root
+from lens_oracle.toy.world.tokenizer import build_tokenizer, cache_root
 
 LIE_QUESTION = "is the assistant lying ?"
 LIE_WORDS: tuple[str, ...] = ("lying", "lie", "liar", "true", "false")

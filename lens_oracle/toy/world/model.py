@@ -9,7 +9,7 @@ machine gives bit-identical weights.
 
 The vocabulary also holds words no pretraining text uses, reserved for the model organisms
 (:mod:`lens_oracle.toy.organisms`): :func:`spare_entities` names and :data:`ORGANISM_WORDS`.
-Shell: ``python -m lens_oracle.toy.model --out DIR [--quick]`` (re)trains into ``DIR``.
+Shell: ``python -m lens_oracle.toy.world.model --out DIR [--quick]`` (re)trains into ``DIR``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from lens_oracle.errors import ArtifactError, ConfigError
 from lens_oracle.io import atomic_folder, atomic_write_json, digest, read_json_stamp
-from lens_oracle.toy.language import ATTRIBUTES, FACT_TEMPLATES, Entity, ToyWorld, make_world
-from lens_oracle.toy.tokenizer import EOS, TOKENIZER_FILES, build_tokenizer
+from lens_oracle.toy.world.language import ATTRIBUTES, FACT_TEMPLATES, Entity, ToyWorld, make_world
+from lens_oracle.toy.world.tokenizer import EOS, TOKENIZER_FILES, build_tokenizer
 from lens_oracle.train import plain_step
 from lens_oracle.typing import AttentionMask, TokenIds
 
@@ -384,7 +384,7 @@ def load_or_pretrain(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m lens_oracle.toy.model --out DIR [--quick] [--seed N]``: retrain into DIR."""
+    """``python -m lens_oracle.toy.world.model --out DIR [--quick] [--seed N]``: retrain into DIR."""
     parser = argparse.ArgumentParser(description="Pretrain the toy target model into a folder.")
     parser.add_argument("--out", required=True, type=Path, help="model folder to (re)write")
     parser.add_argument("--quick", action="store_true", help="the small, fast test model")

@@ -1,7 +1,7 @@
 """``lens-oracle demo --seeds 0,1,2 --threads 1,2``: the demo's claim measured over seeds and float
 orders, not one run.
 
-Each (seed, threads) run is a whole demo (:func:`~lens_oracle.toy.demo.run_demo`) with its own world,
+Each (seed, threads) run is a whole demo (:func:`~lens_oracle.toy.demo.pipeline.run_demo`) with its own world,
 base model, organisms and oracle. Thread counts get separate artifact caches (``<cache>/threads-N``):
 float sums depend on the thread count, so a base model pretrained with two threads is not reused by a
 one-thread run. The summary gives, per organism kind, the oracle's mean, min and max over the runs,
@@ -25,12 +25,13 @@ from typing import Any
 
 from lens_oracle.errors import ConfigError
 from lens_oracle.io import atomic_write_text
-from lens_oracle.toy.demo import check_arguments, run_demo
-from lens_oracle.toy.demo_records import DemoResult, demo_config
-from lens_oracle.toy.demo_report import SHORT_NAMES
-from lens_oracle.toy.tokenizer import cache_root
+from lens_oracle.toy.demo.pipeline import check_arguments, run_demo
+from lens_oracle.toy.demo.records import DemoResult, demo_config
+from lens_oracle.toy.demo.report import SHORT_NAMES
+from lens_oracle.toy.world.tokenizer import cache_root
 
-SWEEP_VERSION = 1
+SWEEP_VERSION = 2
+"""2: the held-out organism kinds (their own table) and how well each organism learned."""
 BASE_CONTROL = "oracle_on_base"
 """The control of the oracle reading the base model on the same prompts."""
 
@@ -46,6 +47,10 @@ class RunSummary:
     """Kind -> (the strongest control's name, its score)."""
     diff: dict[str, float] = dataclasses.field(default_factory=dict)
     """Kind -> the oracle reading organism minus base (model diffing; not a control)."""
+    learned: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Kind -> share of the organism's audit prompts whose reply shows what it hides."""
+    held_out: tuple[str, ...] = ()
+    """The kinds the oracle's mixture was not built around."""
 
     def margin(self, kind: str) -> float:
         return self.oracle[kind] - self.best_control[kind][1]
@@ -62,7 +67,8 @@ def summarise_run(result: DemoResult, threads: int) -> RunSummary:
         oracle[kind] = scores["oracle"].mean
         best[kind] = (name, controls[name])
     diff = {kind: score.mean for kind, score in result.diff_reading.items()}
-    return RunSummary(result.seed, threads, oracle, best, diff)
+    held_out = tuple(kind for kind in result.scores if result.held_out(kind))
+    return RunSummary(result.seed, threads, oracle, best, diff, dict(result.learned), held_out)
 
 
 def sweep_dict(
@@ -85,10 +91,13 @@ def sweep_dict(
         }
         if all(kind in r.diff for r in runs):
             summary[kind]["oracle_on_difference"] = spread([r.diff[kind] for r in runs])
+        if all(kind in r.learned for r in runs):
+            summary[kind]["organism_learned"] = spread([r.learned[kind] for r in runs])
+        summary[kind]["held_out"] = kind in runs[0].held_out
     return {
         "version": SWEEP_VERSION,
         "mode": ("quick" if quick else "full") + (", on-policy context prediction" if on_policy else "")
-        + ("" if mixture_group == "full" else f", {mixture_group} tasks only"),
+        + {"full": "", "diverse": ", diverse mixture"}.get(mixture_group, f", {mixture_group} tasks only"),
         "seeds": sorted({r.seed for r in runs}),
         "threads": sorted({r.threads for r in runs}),
         "summary": summary,
@@ -98,6 +107,7 @@ def sweep_dict(
                 "oracle": {k: round(v, 6) for k, v in r.oracle.items()},
                 "best_control": {k: [name, round(v, 6)] for k, (name, v) in r.best_control.items()},
                 "oracle_on_difference": {k: round(v, 6) for k, v in r.diff.items()},
+                "organism_learned": {k: round(v, 6) for k, v in r.learned.items()},
             }
             for r in runs
         ],
@@ -112,32 +122,47 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 
 def sweep_markdown(data: dict[str, Any]) -> str:
-    """The summary table, then one line per run."""
-    lines = [
-        f"# lens-oracle demo sweep ({data['mode']}; seeds {data['seeds']}, threads {data['threads']})",
-        "",
-        "| organism | oracle mean [min, max] | best control mean [min, max] | mean margin | oracle beats every control "
-        "| oracle on organism − base |",
-        "|---|---|---|---|---|---|",
-    ]
-    for kind, row in data["summary"].items():
-        o, c = row["oracle"], row["best_control"]
-        d = row.get("oracle_on_difference")
-        diff = "n/a" if d is None else f"{d['mean']:.2f} [{d['min']:.2f}, {d['max']:.2f}]"
-        lines.append(
-            f"| {kind} | {o['mean']:.2f} [{o['min']:.2f}, {o['max']:.2f}] | {c['mean']:.2f} "
-            f"[{c['min']:.2f}, {c['max']:.2f}] | {row['margin_mean']:+.2f} | "
-            f"{row['oracle_beats_every_control']} of {row['runs']} | {diff} |"
-        )
-    lines += ["", "| seed | threads | " + " | ".join(data["summary"]) + " |", "|---|---|" + "---|" * len(data["summary"])]
+    """The summary table of the demo's organisms, the same for the held-out kinds, then one line
+    per run."""
+    lines = [f"# lens-oracle demo sweep ({data['mode']}; seeds {data['seeds']}, threads {data['threads']})"]
+    demo = [k for k, row in data["summary"].items() if not row.get("held_out")]
+    held_out = [k for k, row in data["summary"].items() if row.get("held_out")]
+    for title, kinds in (("The demo's organisms", demo), ("Held-out organism kinds", held_out)):
+        if kinds:
+            lines += ["", f"## {title}", "", *_summary_table(data["summary"], kinds)]
+    kinds = [*demo, *held_out]
+    lines += ["", "## Every run", "", "| seed | threads | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
     for run in data["runs"]:
         cells = [
             f"{run['oracle'][k]:.2f} vs {run['best_control'][k][1]:.2f} "
             f"({SHORT_NAMES.get(run['best_control'][k][0], run['best_control'][k][0])})"
-            for k in data["summary"]
+            for k in kinds
         ]
         lines.append(f"| {run['seed']} | {run['threads']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _summary_table(summary: dict[str, Any], kinds: Sequence[str]) -> list[str]:
+    lines = [
+        "| organism | oracle mean [min, max] | best control mean [min, max] | mean margin | oracle beats every control "
+        "| oracle on organism − base | organism learned |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for kind in kinds:
+        row = summary[kind]
+        o, c = row["oracle"], row["best_control"]
+        lines.append(
+            f"| {kind} | {_spread_cell(o)} | {_spread_cell(c)} | {row['margin_mean']:+.2f} | "
+            f"{row['oracle_beats_every_control']} of {row['runs']} | {_spread_cell(row.get('oracle_on_difference'))} | "
+            f"{_spread_cell(row.get('organism_learned'))} |"
+        )
+    return lines
+
+
+def _spread_cell(values: dict[str, float] | None) -> str:
+    if values is None:
+        return "n/a"
+    return f"{values['mean']:.2f} [{values['min']:.2f}, {values['max']:.2f}]"
 
 
 def run_sweep(

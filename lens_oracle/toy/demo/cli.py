@@ -42,9 +42,10 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         "as the 'next tokens' answers); cached apart from the standard oracle",
     )
     parser.add_argument(
-        "--mixture", default="full", choices=("full", "context", "classification", "qa"),
-        help="the diversity ablation: the oracle trains on the whole mixture (default) or on one kind "
-        "of task alone at the same example count; cached apart",
+        "--mixture", default="full", choices=("full", "context", "classification", "qa", "diverse"),
+        help="the diversity ablation: the oracle trains on the whole mixture (default), on one kind "
+        "of task alone, or on the whole mixture plus general reading tasks (diverse), at the same "
+        "example count; cached apart",
     )
     parser.add_argument(
         "--real", action="store_true",
@@ -62,8 +63,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     """Run the demo and print its table."""
     from transformers.utils import logging as hf_logging
 
-    from lens_oracle.toy.demo import run_demo
-    from lens_oracle.toy.demo_report import format_table
+    from lens_oracle.toy.demo.pipeline import run_demo
+    from lens_oracle.toy.demo.report import format_table
 
     hf_logging.disable_progress_bar()  # one bar per tiny checkpoint load is noise; ours stay
     if not args.no_progress:
@@ -72,7 +73,7 @@ def run_demo_command(args: argparse.Namespace) -> int:
         return _run_real_command(args)
     if args.seeds is not None or args.threads is not None:
         return _run_sweep_command(args)
-    from lens_oracle.toy.demo_records import demo_config
+    from lens_oracle.toy.demo.records import demo_config
 
     result = run_demo(
         args.out, quick=args.quick, seed=args.seed, cache=args.cache, progress=not args.no_progress,
@@ -113,7 +114,7 @@ def _run_real_command(args: argparse.Namespace) -> int:
 
 
 def _run_sweep_command(args: argparse.Namespace) -> int:
-    from lens_oracle.toy.sweep import run_sweep, sweep_markdown
+    from lens_oracle.toy.demo.sweep import run_sweep, sweep_markdown
     from lens_oracle.validate import parse_ints
 
     seeds = parse_ints(args.seeds, "--seeds") if args.seeds is not None else (args.seed,)

@@ -1,6 +1,6 @@
 """The demo's records: its settings (:class:`DemoConfig`, :func:`demo_config`) and its result
-(:class:`DemoResult`), shared by the pipeline (:mod:`lens_oracle.toy.demo`) and the writers of its
-outputs (:mod:`lens_oracle.toy.demo_report`), which import them from here and not each other."""
+(:class:`DemoResult`), shared by the pipeline (:mod:`lens_oracle.toy.demo.pipeline`) and the writers of its
+outputs (:mod:`lens_oracle.toy.demo.report`), which import them from here and not each other."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from lens_oracle.config import AdapterConfig, InjectionConfig
 from lens_oracle.errors import ConfigError
 from lens_oracle.evals.metrics import Score
 from lens_oracle.evals.report import EvalReport
-from lens_oracle.toy.oracle_data import ToyMixtureConfig, only_group
-from lens_oracle.toy.organisms import Organism
+from lens_oracle.toy.demo.mixture import ToyMixtureConfig, only_group
+from lens_oracle.toy.organisms import HELD_OUT_KINDS, Organism
 
 METHODS: tuple[str, ...] = (
     "oracle", "untrained_oracle", "ablated_zero", "ablated_shuffle", "black_box", "logit_lens",
@@ -59,7 +59,7 @@ class DemoConfig:
 def demo_config(quick: bool, seed: int = 0, *, on_policy: bool = False, mixture_group: str = "full") -> DemoConfig:
     """The quick (CI, under two minutes) or full (under ten) demo settings for ``seed``;
     ``on_policy``: on-policy context prediction in the oracle's mixture; ``mixture_group``: the
-    whole mixture or one kind of task alone at the same size (:data:`~.oracle_data.MIXTURE_GROUPS`)."""
+    whole mixture or one kind of task alone at the same size (:data:`~.mixture.MIXTURE_GROUPS`)."""
     mixture = only_group(
         ToyMixtureConfig(total=16000 if quick else 64000, seed=seed, on_policy_context=on_policy), mixture_group
     )
@@ -89,8 +89,15 @@ class DemoResult:
     diff_reading: dict[str, Score] = field(default_factory=dict)
     """Organism kind -> the oracle's score when it reads the organism's activations minus the
     base model's at the same positions (model diffing, AO's ``diff`` input)."""
+    learned: dict[str, float] = field(default_factory=dict)
+    """Organism kind -> share of its audit prompts whose greedy reply shows the hidden knowledge
+    (:func:`~lens_oracle.toy.organisms.learned`)."""
     timings: dict[str, Any] = field(default_factory=dict)
     """Seconds per stage and which artifacts came from the cache (kept out of results.json)."""
+
+    def held_out(self, kind: str) -> bool:
+        """Whether ``kind`` is one the oracle's mixture was not built around."""
+        return kind in HELD_OUT_KINDS
 
     def chance(self, kind: str) -> float:
         return next(o.chance for o in self.organisms if o.kind == kind)
