@@ -81,6 +81,15 @@ def mixture_digest(base: Path, config: DemoConfig, seed: int, layers: tuple[int,
     ])
 
 
+def oracle_folder(cache: Path, config: DemoConfig, seed: int) -> Path:
+    """Where the demo caches the oracle of ``config`` and ``seed`` (one folder per mixture)."""
+    group = mixture_group(config.mixture)
+    variant = ("-on-policy" if config.mixture.on_policy_context else "") + {
+        "full": "", "diverse": "-diverse"
+    }.get(group, f"-{group}-only")
+    return cache / f"oracle-{'quick' if config.quick else 'full'}-seed{seed}{variant}"
+
+
 def load_or_train_oracle(
     base: Path, config: DemoConfig, seed: int, cache: Path, *, progress: bool = True
 ) -> tuple[ActivationOracle, bool]:
@@ -89,11 +98,7 @@ def load_or_train_oracle(
     Returns the oracle and whether it came from the cache.
     """
     world = make_world(seed)
-    group = mixture_group(config.mixture)
-    variant = ("-on-policy" if config.mixture.on_policy_context else "") + {
-        "full": "", "diverse": "-diverse"
-    }.get(group, f"-{group}-only")
-    folder = cache / f"oracle-{'quick' if config.quick else 'full'}-seed{seed}{variant}"
+    folder = oracle_folder(cache, config, seed)
     oracle_layers = layers_from_fractions(_n_layers(base), config.read_fractions)
     settings = oracle_settings(base, config, seed, oracle_layers)
     stamp = read_stamp(folder, ORACLE_STAMP)
