@@ -41,7 +41,7 @@ from lens_oracle.toy.world.tokenizer import cache_root
 from lens_oracle.validate import parse_ints
 
 Builder = Callable[[ToyWorld, Any, Sequence[int], int, int], list[OracleExample]]
-COMPONENTS: dict[str, tuple[Builder, str]] = {
+CHECKED: dict[str, tuple[Builder, str]] = {
     "topic_qa": (topic_qa, "taboo"),
     "entity_qa": (entity_qa, "persona_facts"),
     "gender_qa": (gender_qa, "user_gender"),
@@ -78,7 +78,7 @@ def own_tasks(world: ToyWorld, tokenizer: Any, layer: int, n: int, seed: int) ->
     if n < 2:
         raise ConfigError(f"--n {n}: give at least 2 examples per component")
     out = {}
-    for i, (component, (build, _)) in enumerate(COMPONENTS.items()):
+    for i, (component, (build, _)) in enumerate(CHECKED.items()):
         test = build(world, tokenizer, (layer,), n, seed + SEED_OFFSET + 2 * i)
         train = build(world, tokenizer, (layer,), n, seed + SEED_OFFSET + 2 * i + 1)
         out[component] = [
@@ -131,7 +131,7 @@ def markdown(rows: Sequence[tuple[int, dict[str, dict[str, Score]]]], quick: boo
             cells = " | ".join(
                 f"{s.mean:.2f} [{s.low:.2f}, {s.high:.2f}]" for s in (by_method[m] for m in METHODS)
             )
-            lines.append(f"| {seed} | {component} ({COMPONENTS[component][1]}) | {cells} |")
+            lines.append(f"| {seed} | {component} ({CHECKED[component][1]}) | {cells} |")
     return "\n".join(lines) + "\n"
 
 

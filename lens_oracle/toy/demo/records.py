@@ -21,6 +21,7 @@ METHODS: tuple[str, ...] = (
 )
 """The demo's methods: the trained oracle, then its controls and baselines."""
 
+
 @dataclass(frozen=True)
 class DemoConfig:
     """Everything that shapes the demo's oracle and its evaluation (not the cached models)."""
