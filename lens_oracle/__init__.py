@@ -42,6 +42,7 @@ _EXPORTS = {
     "capture_layers": "lens_oracle.activations",
     "load_model": "lens_oracle.models",
     "steer_with_oracle": "lens_oracle.control",
+    "task_losses": "lens_oracle.train",
     "train_oracle": "lens_oracle.runner",
 }
 
@@ -86,3 +87,4 @@ if TYPE_CHECKING:
     from lens_oracle.models import load_model
     from lens_oracle.oracle import ActivationOracle
     from lens_oracle.runner import train_oracle
+    from lens_oracle.train import task_losses

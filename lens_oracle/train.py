@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,46 @@ def encode_examples(oracle: ActivationOracle, examples: Batch, reader: VectorRea
 def batch_loss(oracle: ActivationOracle, examples: Batch, reader: VectorReader | None = None) -> Loss:
     """Loss of one batch: :func:`encode_examples`, then the injected oracle pass."""
     return oracle.loss(encode_examples(oracle, examples, reader))
+
+
+def task_losses(
+    oracle: ActivationOracle, held_out: Iterable[OracleExample], *, batch_size: int = 32,
+    reader: VectorReader | None = None,
+) -> EvalCallback:
+    """An ``on_eval`` callback (call it with ``TrainConfig.eval_every``): the oracle's mean answer
+    loss on ``held_out`` examples, per task, as ``{"loss/<task>": value}``.
+
+    It shows which tasks of a mixture a run has learned, and when: a task can sit at the loss of
+    its answers' prior for hundreds of steps and then drop within a few dozen. Evaluated without
+    gradients and without drawing random numbers, so the training run is the same with or without
+    it. ``reader`` supplies the vectors as in training (default: the oracle's own base model; a
+    cross-model oracle needs its source's reader).
+    """
+    held_out = [] if isinstance(held_out, (str, bytes)) else list(held_out)
+    if not held_out:
+        raise DataError("task_losses needs held-out examples; give a non-empty list of OracleExample")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if oracle.projector is not None and reader is None:
+        raise ConfigError("a cross-model oracle reads another model: pass reader=target_reader(source_model)")
+    by_task: dict[str, list[OracleExample]] = {}
+    for index, example in enumerate(held_out):
+        if not isinstance(example, OracleExample):
+            raise DataError(f"held-out example {index} is a {type(example).__name__}, not an OracleExample")
+        by_task.setdefault(example.task, []).append(example)
+
+    def evaluate(step: int, evaluated: ActivationOracle) -> dict[str, float]:
+        out = {}
+        with torch.no_grad():
+            for task, examples in by_task.items():
+                total = 0.0
+                for start in range(0, len(examples), batch_size):
+                    chunk = examples[start : start + batch_size]
+                    total += float(batch_loss(evaluated, chunk, reader)) * len(chunk)
+                out[f"loss/{task}"] = total / len(examples)
+        return out
+
+    return evaluate
 
 
 class Trainer:

@@ -41,6 +41,7 @@ _OPTIONS: dict[str, tuple[type, str, type]] = {
     "--weight-decay": (TrainConfig, "weight_decay", float),
     "--seed": (TrainConfig, "seed", int),
     "--checkpoint-every": (TrainConfig, "checkpoint_every", int),
+    "--eval-every": (TrainConfig, "eval_every", int),
     "--keep-checkpoints": (TrainConfig, "keep_checkpoints", int),
     "--lora-rank": (AdapterConfig, "rank", int),
     "--lora-alpha": (AdapterConfig, "alpha", float),
@@ -74,6 +75,10 @@ def add_train_arguments(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, type=Path, help="folder for the trained oracle")
     train.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     train.add_argument("--cache", type=Path, default=None, help="read vectors from this activation cache")
+    train.add_argument(
+        "--eval-data", type=Path, default=None,
+        help="held-out examples JSONL: their loss per task every --eval-every steps (in the summary)",
+    )
     train.add_argument("--checkpoint-dir", type=Path, default=None, help="write checkpoints here")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint (into its own --out; no --overwrite needed)")
     train.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="model weights dtype")
@@ -110,6 +115,11 @@ def add_train_arguments(sub: argparse._SubParsersAction) -> None:
 def _check_paths(args: argparse.Namespace) -> None:
     if not args.data.is_file():
         raise DataError(f"example file {str(args.data)!r} does not exist; write one with lens-oracle data build")
+    eval_data, eval_every = getattr(args, "eval_data", None), getattr(args, "eval_every", None)
+    if eval_data is not None and not eval_data.is_file():
+        raise DataError(f"held-out example file {str(eval_data)!r} does not exist")
+    if (eval_data is None) != (not eval_every):
+        raise ConfigError("--eval-data and --eval-every go together: held-out examples, and how often to score them")
     if args.out.exists() and not (args.overwrite or args.resume):
         raise ConfigError(f"{args.out} already exists; choose another --out or pass --overwrite")
     from lens_oracle.oracle_folder import check_oracle_destination
@@ -135,10 +145,14 @@ def run_train(args: argparse.Namespace) -> int:
     from lens_oracle.distributed import init_distributed
     from lens_oracle.oracle import ActivationOracle
     from lens_oracle.runner import train_oracle
+    from lens_oracle.train import task_losses
 
     context = init_distributed(args.backend)
     try:
         examples = list(read_jsonl(args.data))
+        held_out = list(read_jsonl(args.eval_data)) if args.eval_data is not None else []
+        if args.eval_data is not None and not held_out:
+            raise DataError(f"held-out example file {str(args.eval_data)!r} has no examples")
         cache = open_activation_cache(args.cache) if args.cache is not None else None
         torch.manual_seed(train_config.seed)  # the same fresh adapter on every rank
         oracle = ActivationOracle.create(
@@ -156,14 +170,17 @@ def run_train(args: argparse.Namespace) -> int:
             if not cache.model.matches(base):
                 log.warning("the cache was read from %s, not from the oracle's base %s", cache.model.describe(), base.describe())
             reader = cache.reader(examples)
+        on_eval = task_losses(oracle, held_out) if held_out else None  # vectors from the model, not the cache
         result = train_oracle(
             oracle, examples, train_config, checkpoint_dir=args.checkpoint_dir, resume=args.resume,
-            reader=reader, distributed=context,
+            reader=reader, distributed=context, on_eval=on_eval,
         )
         if context.is_main:
             oracle.save(args.out, overwrite=args.overwrite or args.resume)
             summary = {"out": str(args.out), "steps": result.steps, "final_loss": result.losses[-1],
                        "processes": context.world_size, "examples": len(examples)}
+            if result.evals:
+                summary["evals"] = [{"step": step, **metrics} for step, metrics in result.evals]
             print(json.dumps(summary))
     finally:
         context.close()

@@ -65,7 +65,7 @@ def results(first: tuple[Path, str]) -> dict:
 def test_demo_writes_every_output(first: tuple[Path, str]) -> None:
     out, stdout = first
     names = {p.name for p in out.iterdir()}
-    assert {"results.json", "timings.json", "report.json", "results.md", "demo.png"} <= names
+    assert {"results.json", "timings.json", "oracle_training.json", "report.json", "results.md", "demo.png"} <= names
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for task in TASKS:
         assert task in stdout
@@ -77,6 +77,19 @@ def test_demo_writes_every_output(first: tuple[Path, str]) -> None:
     assert timings["oracle_cached"] is False
     assert timings["threads"] == 2 and torch.get_num_threads() == 1  # pinned, then restored
     assert {"base_model", "organisms", "organisms_checked", "oracle", "evaluation", "total"} <= set(timings)
+
+
+def test_the_oracle_training_curve_follows_each_audited_task(first: tuple[Path, str]) -> None:
+    """``oracle_training.json``: the held-out loss of each audited QA task over the training steps.
+    The quick oracle learns to read people's facts (entity_qa), so that loss falls."""
+    training = json.loads((first[0] / "oracle_training.json").read_text())
+    curves = training["held_out_loss"]
+    assert set(curves) == {"topic_qa", "entity_qa", "gender_qa"}
+    for points in curves.values():
+        steps = [step for step, _ in points]
+        assert len(points) >= 10 and steps == sorted(steps) and steps[-1] == training["steps"]
+        assert all(loss > 0 for _, loss in points)
+    assert curves["entity_qa"][-1][1] < 0.5 * curves["entity_qa"][0][1]
 
 
 def test_results_hold_every_task_method_and_chance(results: dict) -> None:

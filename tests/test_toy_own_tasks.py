@@ -9,8 +9,8 @@ import pytest
 
 from lens_oracle.errors import ConfigError
 from lens_oracle.positions import Indices
-from lens_oracle.toy.demo.mixture import ORACLE_WORDS, TOPIC_QUESTIONS
-from lens_oracle.toy.demo.own_tasks import CHECKED, METHODS, markdown, own_tasks, run_check
+from lens_oracle.toy.demo.mixture import AUDITED_QA, ORACLE_WORDS, TOPIC_QUESTIONS
+from lens_oracle.toy.demo.own_tasks import METHODS, markdown, own_tasks, run_check
 from lens_oracle.toy.world.language import make_world
 from lens_oracle.toy.world.model import organism_vocabulary
 from lens_oracle.toy.world.tokenizer import build_tokenizer
@@ -26,7 +26,7 @@ def toy_tokenizer(tmp_path_factory: pytest.TempPathFactory):
 
 def test_each_component_becomes_tasks_read_at_the_given_layer_with_probe_items(toy_tokenizer) -> None:
     tasks = own_tasks(WORLD, toy_tokenizer, layer=2, n=40, seed=0)
-    assert list(tasks) == list(CHECKED) == ["topic_qa", "entity_qa", "gender_qa"]
+    assert list(tasks) == list(AUDITED_QA) == ["topic_qa", "entity_qa", "gender_qa"]
     assert [len(ts) for ts in tasks.values()] == [1, len(WORLD.attribute_names), 1]
     for component, ts in tasks.items():
         assert sum(len(t.items) for t in ts) == 40, component
@@ -57,7 +57,7 @@ def test_too_few_examples_is_our_error(toy_tokenizer) -> None:
 
 def test_the_check_scores_every_component_and_method_on_the_quick_oracle(toy_cache: Path) -> None:
     scores = run_check(toy_cache, seed=0, quick=True, n=60)
-    assert list(scores) == list(CHECKED)
+    assert list(scores) == list(AUDITED_QA)
     for component, by_method in scores.items():
         assert list(by_method) == list(METHODS)
         for method, score in by_method.items():
@@ -66,4 +66,4 @@ def test_the_check_scores_every_component_and_method_on_the_quick_oracle(toy_cac
     # the probe reads the topic, which the question alone cannot give (chance 1/6)
     assert scores["topic_qa"]["linear_probe"].mean > scores["topic_qa"]["ablated_zero"].mean + 0.2
     table = markdown([(0, scores)], quick=True)
-    assert "| 0 | topic_qa (taboo) |" in table and table.count("\n") == 4 + len(CHECKED)
+    assert "| 0 | topic_qa (taboo) |" in table and table.count("\n") == 4 + len(AUDITED_QA)

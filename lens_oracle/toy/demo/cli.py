@@ -20,7 +20,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     )
     parser.add_argument(
         "--out", type=Path, default=Path("demo_out"),
-        help="folder for results.json, timings.json, report.json, results.md, demo.png "
+        help="folder for results.json, timings.json, oracle_training.json, report.json, results.md, demo.png "
         "(default: demo_out)",
     )
     parser.add_argument("--seed", type=int, default=0, help="world, training and evaluation seed")

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -427,3 +427,28 @@ def build_toy_mixture(
         MixtureComponent(name, builders[name], weight=weight) for name, weight in config.weights
     ]
     return Mixture(components, total=config.total, seed=seed).build()
+
+
+QABuilder = Callable[[ToyWorld, Any, Sequence[int], int, int], list[OracleExample]]
+AUDITED_QA: dict[str, tuple[QABuilder, str]] = {
+    "topic_qa": (topic_qa, "taboo"),
+    "entity_qa": (entity_qa, "persona_facts"),
+    "gender_qa": (gender_qa, "user_gender"),
+}
+"""The question-answer components the audits lean on: their builder and the organism kind."""
+CURVE_SEED_OFFSET = 55_555
+"""Seeds of :func:`held_out_qa`'s draws: ones the mixture never uses."""
+
+
+def held_out_qa(
+    world: ToyWorld, tokenizer: Any, layers: Sequence[int], n: int, seed: int
+) -> list[OracleExample]:
+    """``n`` fresh examples of each :data:`AUDITED_QA` component (its builder with a seed the
+    mixture never uses), read at ``layers``: held-out items to follow how the oracle learns each."""
+    if n < 1:
+        raise ConfigError(f"{n} held-out examples per component; give at least 1")
+    return [
+        example
+        for i, (build, _) in enumerate(AUDITED_QA.values())
+        for example in build(world, tokenizer, layers, n, seed + CURVE_SEED_OFFSET + i)
+    ]

@@ -20,7 +20,7 @@ reuses the demo's base model and oracle for each seed (the same cache and stamps
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from lens_oracle.evals.runner import run_tasks
 from lens_oracle.evals.tasks import EvalItem, EvalTask
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.positions import Indices
-from lens_oracle.toy.demo.mixture import ORACLE_WORDS, entity_qa, gender_qa, topic_qa
+from lens_oracle.toy.demo.mixture import AUDITED_QA, ORACLE_WORDS
 from lens_oracle.toy.demo.pipeline import load_or_train_oracle
 from lens_oracle.toy.demo.records import demo_config
 from lens_oracle.toy.world.language import ToyWorld, make_world
@@ -40,13 +40,6 @@ from lens_oracle.toy.world.model import load_or_pretrain
 from lens_oracle.toy.world.tokenizer import cache_root
 from lens_oracle.validate import parse_ints
 
-Builder = Callable[[ToyWorld, Any, Sequence[int], int, int], list[OracleExample]]
-CHECKED: dict[str, tuple[Builder, str]] = {
-    "topic_qa": (topic_qa, "taboo"),
-    "entity_qa": (entity_qa, "persona_facts"),
-    "gender_qa": (gender_qa, "user_gender"),
-}
-"""The checked components: their builder and the audit that leans on them."""
 METHODS: tuple[str, ...] = ("oracle", "ablated_zero", "linear_probe")
 SEED_OFFSET = 77_777
 """Fresh draws: the check's examples use seeds the oracle's mixture never does."""
@@ -78,7 +71,7 @@ def own_tasks(world: ToyWorld, tokenizer: Any, layer: int, n: int, seed: int) ->
     if n < 2:
         raise ConfigError(f"--n {n}: give at least 2 examples per component")
     out = {}
-    for i, (component, (build, _)) in enumerate(CHECKED.items()):
+    for i, (component, (build, _)) in enumerate(AUDITED_QA.items()):
         test = build(world, tokenizer, (layer,), n, seed + SEED_OFFSET + 2 * i)
         train = build(world, tokenizer, (layer,), n, seed + SEED_OFFSET + 2 * i + 1)
         out[component] = [
@@ -131,7 +124,7 @@ def markdown(rows: Sequence[tuple[int, dict[str, dict[str, Score]]]], quick: boo
             cells = " | ".join(
                 f"{s.mean:.2f} [{s.low:.2f}, {s.high:.2f}]" for s in (by_method[m] for m in METHODS)
             )
-            lines.append(f"| {seed} | {component} ({CHECKED[component][1]}) | {cells} |")
+            lines.append(f"| {seed} | {component} ({AUDITED_QA[component][1]}) | {cells} |")
     return "\n".join(lines) + "\n"
 
 

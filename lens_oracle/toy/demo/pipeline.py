@@ -11,7 +11,9 @@
    more control: the same oracle reading the *base* model on the same prompts, which shows that
    its answers come from the fine-tune and not from the prompt text.
 5. Write ``results.json`` (deterministic: the same seed gives the same bytes), ``timings.json``,
-   ``report.json`` (every prediction), ``results.md`` and ``demo.png`` to ``--out``.
+   ``report.json`` (every prediction), ``results.md``, ``oracle_training.json`` (the oracle's
+   training: steps, losses, and the held-out loss of each audited QA task over the steps) and
+   ``demo.png`` to ``--out``.
 
 Every artifact is cached under the toy cache root (``$LENS_ORACLE_CACHE`` or
 ``~/.cache/lens_oracle``) with a JSON stamp of the settings it was built with; a second run
@@ -43,13 +45,14 @@ from lens_oracle.io import check_run_arguments as check_arguments
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.runner import train_oracle
 from lens_oracle.toy.demo import audit
-from lens_oracle.toy.demo.mixture import ORACLE_WORDS, build_toy_mixture, mixture_group
+from lens_oracle.toy.demo.mixture import ORACLE_WORDS, build_toy_mixture, held_out_qa, mixture_group
 from lens_oracle.toy.demo.records import METHODS, DemoConfig, DemoResult, demo_config
 from lens_oracle.toy.demo.report import write_outputs
 from lens_oracle.toy.organisms import Organism, build_organisms, learned
 from lens_oracle.toy.world.language import make_world
 from lens_oracle.toy.world.model import digest, load_or_pretrain, read_stamp
 from lens_oracle.toy.world.tokenizer import cache_root, load_tokenizer
+from lens_oracle.train import task_losses
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,12 @@ FORMAT_VERSION = 2
 ORACLE_STAMP = "toy_oracle.stamp.json"
 MIXTURE_SAMPLE = 240
 """Examples of the mixture sample hashed into the oracle's stamp (:func:`mixture_digest`)."""
+CURVE_ITEMS = 40
+"""Held-out examples per audited QA component scored while the oracle trains (:func:`~.mixture.held_out_qa`)."""
+CURVE_POINTS = 10
+"""How many times during training they are scored (and once more at the end)."""
+
+
 def oracle_settings(
     base: Path, config: DemoConfig, seed: int, layers: tuple[int, ...]
 ) -> dict[str, Any]:
@@ -111,22 +120,41 @@ def load_or_train_oracle(
             str(base), adapter=config.adapter, injection=config.injection, name=str(base)
         )
     examples = build_toy_mixture(world, oracle.model.tokenizer, oracle_layers, config.mixture, model=oracle.model)
+    held_out = held_out_qa(world, oracle.model.tokenizer, oracle_layers, CURVE_ITEMS, seed)
+    steps = config.epochs * -(-len(examples) // config.batch_size)
     train = TrainConfig(
         learning_rate=config.learning_rate, batch_size=config.batch_size, epochs=config.epochs,
-        seed=seed, progress=progress,
+        seed=seed, progress=progress, eval_every=max(1, steps // CURVE_POINTS),
     )
     start = time.perf_counter()
-    with torch.random.fork_rng():
-        result = train_oracle(oracle, examples, train)
+    with torch.random.fork_rng():  # the curve's scoring draws no random numbers: training is unchanged
+        result = train_oracle(oracle, examples, train, on_eval=task_losses(oracle, held_out))
     tail = result.losses[-20:]
     metrics = {
         "steps": result.steps, "train_seconds": round(time.perf_counter() - start, 2),
         "final_loss": sum(tail) / len(tail), "examples": len(examples),
+        "held_out_loss": learning_curves(result.evals),
     }
     log.info("trained the toy oracle: %s", metrics)
     oracle.save(folder, overwrite=True)
     atomic_write_json(folder / ORACLE_STAMP, {"settings": settings, "metrics": metrics})
     return oracle, False
+
+
+def learning_curves(evals: list[tuple[int, dict[str, float]]]) -> dict[str, list[list[float]]]:
+    """``[(step, {"loss/<task>": loss})]`` from :func:`~lens_oracle.train.task_losses` as
+    task -> ``[[step, loss], ...]`` (losses rounded to 4 places)."""
+    curves: dict[str, list[list[float]]] = {}
+    for step, metrics in evals:
+        for name, loss in metrics.items():
+            curves.setdefault(name.removeprefix("loss/"), []).append([step, round(loss, 4)])
+    return curves
+
+
+def oracle_metrics(cache: Path, config: DemoConfig, seed: int) -> dict[str, Any]:
+    """What the cached oracle's training measured (steps, seconds, losses, held-out curves)."""
+    stamp = read_stamp(oracle_folder(cache, config, seed), ORACLE_STAMP) or {}
+    return dict(stamp.get("metrics", {}))
 
 
 def _n_layers(base: Path) -> int:
@@ -217,10 +245,12 @@ def _run_stages(
         base, config, seed, cache, progress=progress
     ))
     timings["oracle_cached"] = cached
+    training = oracle_metrics(cache, config, seed)
     report, scores, base_control, diff_reading = timed_stage(
         timings, "evaluation", lambda: audit_organisms(oracle, organisms, config, seed)
     )
     timings["total"] = round(time.perf_counter() - start, 2)
     return DemoResult(
-        seed, config, tuple(organisms), scores, base_control, report, diff_reading, learned_shares, timings
+        seed, config, tuple(organisms), scores, base_control, report, diff_reading, learned_shares, timings,
+        training,
     )

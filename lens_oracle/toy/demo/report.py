@@ -169,10 +169,12 @@ def _png_bytes(fig: Any) -> bytes:
 
 
 def write_outputs(result: DemoResult, out: Path) -> list[Path]:
-    """Write ``results.json``, ``timings.json``, ``report.json``, ``results.md`` and ``demo.png``."""
+    """Write ``results.json``, ``timings.json``, ``oracle_training.json``, ``report.json``,
+    ``results.md`` and ``demo.png``."""
     written = [
         atomic_write_text(out / "results.json", results_json(result)),
         atomic_write_json(out / "timings.json", result.timings),
+        atomic_write_json(out / "oracle_training.json", result.oracle_training),
         atomic_write_text(out / "report.json", result.report.to_json()),
         atomic_write_text(out / "results.md", results_markdown(result)),
     ]
