@@ -9,11 +9,11 @@ picks the :class:`~lens_oracle.train.Trainer` or, under ``torchrun``, the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 
 from lens_oracle.config import TrainConfig
-from lens_oracle.data.example import OracleExample
+from lens_oracle.data.example import OracleExample, example_list
 from lens_oracle.distributed import DistributedContext, DistributedTrainer, current_context
 from lens_oracle.errors import ConfigError, DataError
 from lens_oracle.models import LoadedModel
@@ -26,20 +26,6 @@ from lens_oracle.train import (
     target_reader,
     training_batches,
 )
-
-
-def _example_list(examples: Iterable[OracleExample]) -> list[OracleExample]:
-    """The examples as a list (a generator is read once), each checked to be an OracleExample."""
-    if isinstance(examples, (str, bytes, Mapping)) or not isinstance(examples, Iterable):
-        raise DataError(f"examples must be a list of OracleExample, got {type(examples).__name__}")
-    examples = list(examples)
-    if not examples:
-        raise DataError("no training examples given")
-    for index, ex in enumerate(examples):
-        if not isinstance(ex, OracleExample):
-            hint = "; build it with OracleExample.from_dict(row)" if isinstance(ex, Mapping) else ""
-            raise DataError(f"example {index} is a {type(ex).__name__}, not an OracleExample{hint}")
-    return examples
 
 
 def train_oracle(
@@ -66,7 +52,7 @@ def train_oracle(
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
-    examples = _example_list(examples)
+    examples = example_list(examples)
     if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
         raise ConfigError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file; give a folder for checkpoints")
     if source is not None:

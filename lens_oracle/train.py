@@ -32,7 +32,7 @@ from lens_oracle.checkpoint import (
     save_checkpoint,
 )
 from lens_oracle.config import Site, TrainConfig
-from lens_oracle.data.example import OracleExample
+from lens_oracle.data.example import OracleExample, example_list
 from lens_oracle.data.mixture import pass_lengths, two_pass_batches
 from lens_oracle.errors import ArtifactError, ConfigError, DataError, TrainingError
 from lens_oracle.models import LoadedModel
@@ -112,17 +112,13 @@ def task_losses(
     it. ``reader`` supplies the vectors as in training (default: the oracle's own base model; a
     cross-model oracle needs its source's reader).
     """
-    held_out = [] if isinstance(held_out, (str, bytes)) else list(held_out)
-    if not held_out:
-        raise DataError("task_losses needs held-out examples; give a non-empty list of OracleExample")
+    held_out = example_list(held_out, "held-out")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if oracle.projector is not None and reader is None:
         raise ConfigError("a cross-model oracle reads another model: pass reader=target_reader(source_model)")
     by_task: dict[str, list[OracleExample]] = {}
-    for index, example in enumerate(held_out):
-        if not isinstance(example, OracleExample):
-            raise DataError(f"held-out example {index} is a {type(example).__name__}, not an OracleExample")
+    for example in held_out:
         by_task.setdefault(example.task, []).append(example)
 
     def evaluate(step: int, evaluated: ActivationOracle) -> dict[str, float]:

@@ -60,7 +60,7 @@ def test_bad_held_out_examples_are_refused_before_training(tokenizer) -> None:
     from lens_oracle.errors import ConfigError, DataError
 
     oracle, _, held_out = _colour_setup(tokenizer, n=4)
-    with pytest.raises(DataError, match="needs held-out examples"):
+    with pytest.raises(DataError, match="no held-out examples given"):
         task_losses(oracle, [])
     with pytest.raises(DataError, match="held-out example 1 is a dict"):
         task_losses(oracle, [held_out[0], {"question": "x"}])

@@ -142,6 +142,21 @@ class OracleExample:
         )
 
 
+def example_list(examples: Iterable[OracleExample], what: str = "training") -> list[OracleExample]:
+    """``examples`` as a list (a generator is read once), refused with a :class:`DataError` when
+    empty or when an item is not an :class:`OracleExample`; ``what`` names them in the message."""
+    if isinstance(examples, (str, bytes, Mapping)) or not isinstance(examples, Iterable):
+        raise DataError(f"{what} examples must be a list of OracleExample, got {type(examples).__name__}")
+    examples = list(examples)
+    if not examples:
+        raise DataError(f"no {what} examples given")
+    for index, ex in enumerate(examples):
+        if not isinstance(ex, OracleExample):
+            hint = "; build it with OracleExample.from_dict(row)" if isinstance(ex, Mapping) else ""
+            raise DataError(f"{what} example {index} is a {type(ex).__name__}, not an OracleExample{hint}")
+    return examples
+
+
 def write_jsonl(examples: Iterable[OracleExample], path: str | Path) -> Path:
     """Write examples to JSONL atomically, with a stable key order (same data -> same bytes)."""
     from lens_oracle.io import atomic_write_text
