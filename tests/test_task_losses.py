@@ -62,8 +62,8 @@ def test_bad_held_out_examples_are_refused_before_training(tokenizer) -> None:
     oracle, _, held_out = _colour_setup(tokenizer, n=4)
     with pytest.raises(DataError, match="no held-out examples given"):
         task_losses(oracle, [])
-    with pytest.raises(DataError, match="held-out example 1 is a dict"):
-        task_losses(oracle, [held_out[0], {"question": "x"}])
+    with pytest.raises(DataError, match="held-out example 1 is a dict"):  # a generator: checked item by item
+        task_losses(oracle, (row for row in [held_out[0], {"question": "x"}]))
     with pytest.raises(ConfigError, match="batch_size must be a positive integer"):
         task_losses(oracle, held_out, batch_size=0)
 
@@ -95,3 +95,12 @@ def test_cli_reports_held_out_losses_per_task(tokenizer, tmp_path: Path, capsys)
     assert "--eval-data and --eval-every go together" in capsys.readouterr().err
     assert main([*common, "--overwrite", "--eval-data", str(tmp_path / "missing.jsonl"), "--eval-every", "2"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_demo_keeps_each_task_curve_as_step_loss_pairs() -> None:
+    from lens_oracle.toy.demo.pipeline import learning_curves
+
+    evals = [(100, {"loss/topic_qa": 0.912345, "loss/entity_qa": 2.0}), (200, {"loss/topic_qa": 0.5, "loss/entity_qa": 1.0})]
+    assert learning_curves(evals) == {
+        "topic_qa": [(100, 0.9123), (200, 0.5)], "entity_qa": [(100, 2.0), (200, 1.0)],
+    }

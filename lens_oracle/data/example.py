@@ -142,9 +142,10 @@ class OracleExample:
         )
 
 
-def example_list(examples: Iterable[OracleExample], what: str = "training") -> list[OracleExample]:
-    """``examples`` as a list (a generator is read once), refused with a :class:`DataError` when
-    empty or when an item is not an :class:`OracleExample`; ``what`` names them in the message."""
+def example_list(examples: object, what: str = "training") -> list[OracleExample]:
+    """``examples`` (meant to be OracleExamples) as a list (a generator is read once), refused
+    with a :class:`DataError` when empty or when an item is not an :class:`OracleExample`;
+    ``what`` names them in the message."""
     if isinstance(examples, (str, bytes, Mapping)) or not isinstance(examples, Iterable):
         raise DataError(f"{what} examples must be a list of OracleExample, got {type(examples).__name__}")
     examples = list(examples)

@@ -141,13 +141,13 @@ def load_or_train_oracle(
     return oracle, False
 
 
-def learning_curves(evals: list[tuple[int, dict[str, float]]]) -> dict[str, list[list[float]]]:
+def learning_curves(evals: list[tuple[int, dict[str, float]]]) -> dict[str, list[tuple[int, float]]]:
     """``[(step, {"loss/<task>": loss})]`` from :func:`~lens_oracle.train.task_losses` as
-    task -> ``[[step, loss], ...]`` (losses rounded to 4 places)."""
-    curves: dict[str, list[list[float]]] = {}
+    task -> ``[(step, loss), ...]`` (losses rounded to 4 places)."""
+    curves: dict[str, list[tuple[int, float]]] = {}
     for step, metrics in evals:
         for name, loss in metrics.items():
-            curves.setdefault(name.removeprefix("loss/"), []).append([step, round(loss, 4)])
+            curves.setdefault(name.removeprefix("loss/"), []).append((step, round(loss, 4)))
     return curves
 
 
