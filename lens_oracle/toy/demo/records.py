@@ -97,7 +97,7 @@ class DemoResult:
     """Seconds per stage and which artifacts came from the cache (kept out of results.json)."""
     oracle_training: dict[str, Any] = field(default_factory=dict)
     """What the oracle's training measured: steps, seconds, final loss, and ``held_out_loss``:
-    task -> ``[[step, loss], ...]`` on fresh examples of the audited QA tasks."""
+    task -> ``[(step, loss), ...]`` on fresh examples of the audited QA tasks."""
 
     def held_out(self, kind: str) -> bool:
         """Whether ``kind`` is one the oracle's mixture was not built around."""
