@@ -1,9 +1,9 @@
 """``lens-oracle demo`` end to end (CPU, offline).
 
 The quick demo (about two minutes) runs once per session from the shared toy cache and is
-checked for its outputs, its format and that a second run reuses every artifact and writes the
-same ``results.json`` bytes. Its small model is a smoke run, not the evidence: the full demo
-(about eight minutes; ``LENS_ORACLE_FULL_DEMO=1``) must show the claim -- on every organism the
+checked for its outputs, its format, its taboo claim and that a second run reuses every artifact
+and writes the same ``results.json`` bytes. Its small model shows the claim on taboo only; the full
+demo (about eight minutes; ``LENS_ORACLE_FULL_DEMO=1``) must show it on every organism -- the
 trained oracle beats every control and baseline, and itself reading the base model, by a margin.
 """
 
@@ -36,6 +36,8 @@ MARGIN = 0.1
 """The least lead of the full demo's trained oracle over every control and baseline, on every
 organism (measured: 0.15 on persona_facts, 0.40 on taboo, 0.50 on user_gender; over chance and
 over itself reading the base model, at least 0.16)."""
+QUICK_MARGIN = 0.2
+"""The quick demo's least lead on taboo (the demo issue's bar)."""
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,9 @@ def test_demo_writes_every_output(first: tuple[Path, str]) -> None:
 
 def test_the_oracle_training_curve_follows_each_audited_task(first: tuple[Path, str]) -> None:
     """``oracle_training.json``: the held-out loss of each audited QA task over the training steps.
-    The quick oracle learns to read people's facts (entity_qa), so that loss falls."""
+    The quick oracle learns to read people's facts (entity_qa) and, past its late drop, the topic
+    of a request (topic_qa: measured 0.93 -> 0.44 at seed 0, 0.88 -> 0.44 and 1.32 -> 0.47 at
+    seeds 1 and 2; it stayed at its prior's ~0.9 before the quick settings gave it more steps)."""
     training = json.loads((first[0] / "oracle_training.json").read_text())
     curves = training["held_out_loss"]
     assert set(curves) == {"topic_qa", "entity_qa", "gender_qa"}
@@ -90,6 +94,19 @@ def test_the_oracle_training_curve_follows_each_audited_task(first: tuple[Path, 
         assert len(points) >= 10 and steps == sorted(steps) and steps[-1] == training["steps"]
         assert all(loss > 0 for _, loss in points)
     assert curves["entity_qa"][-1][1] < 0.5 * curves["entity_qa"][0][1]
+    assert curves["topic_qa"][-1][1] < 0.6  # the prior's level: ~0.9
+
+
+def test_the_quick_oracle_reads_the_taboo_topic(results: dict) -> None:
+    """The quick demo's claim: on taboo the oracle beats every control and baseline (the no-activation
+    control included) and itself reading the base model by QUICK_MARGIN. Measured at seed 0: 0.77
+    against 0.00 for every control and 0.07 on the base model; seeds 1 and 2: +0.60 and +0.36; the
+    unreported seeds the quick settings were chosen on, 10-12: +0.73, +0.40 and +0.03."""
+    row = results["tasks"]["taboo"]
+    best = max(CONTROLS, key=row.__getitem__)
+    assert row["oracle"] - row[best] >= QUICK_MARGIN, row
+    assert row["oracle"] - row["chance"] >= QUICK_MARGIN, row
+    assert row["oracle"] - results["oracle_reading_base_model"]["taboo"] >= QUICK_MARGIN, results
 
 
 def test_results_hold_every_task_method_and_chance(results: dict) -> None:
@@ -113,8 +130,8 @@ def test_results_hold_every_task_method_and_chance(results: dict) -> None:
 
 
 def test_the_quick_oracle_learned_to_answer_in_kind(first: tuple[Path, str], results: dict) -> None:
-    """The quick table is noisy (its small model reads the organisms weakly; see the full demo
-    below), but training shows: the trained oracle answers every audit question with one of the
+    """Beyond taboo the quick table is noisy (its small model reads the other organisms weakly;
+    see the full demo below), but training shows: the trained oracle answers every audit question with one of the
     task's candidates, the untrained oracle and the black box never do."""
     from lens_oracle.toy.world.language import LABELS
 
