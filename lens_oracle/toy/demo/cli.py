@@ -16,7 +16,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """Add the ``demo`` options to ``parser``."""
     parser.add_argument(
         "--quick", action="store_true",
-        help="small models and data (under 2 minutes on 2 CPU cores); default: the full demo",
+        help="small models and data (about 3 minutes on 2 CPU cores; shows the claim on taboo); default: the full demo",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("demo_out"),
