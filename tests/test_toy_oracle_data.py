@@ -13,9 +13,11 @@ from lens_oracle.errors import ConfigError
 from lens_oracle.toy.demo.mixture import (
     COMPONENTS,
     ORACLE_WORDS,
-    TOPIC_QUESTIONS,
     ToyMixtureConfig,
     build_toy_mixture,
+)
+from lens_oracle.toy.demo.qa_components import (
+    TOPIC_QUESTIONS,
     entity_qa,
     gender_qa,
     name_span,

@@ -9,8 +9,9 @@ import pytest
 
 from lens_oracle.errors import ConfigError
 from lens_oracle.positions import Indices
-from lens_oracle.toy.demo.mixture import AUDITED_QA, ORACLE_WORDS, TOPIC_QUESTIONS
+from lens_oracle.toy.demo.mixture import ORACLE_WORDS
 from lens_oracle.toy.demo.own_tasks import METHODS, markdown, own_tasks, run_check
+from lens_oracle.toy.demo.qa_components import AUDITED_QA, TOPIC_QUESTIONS
 from lens_oracle.toy.world.language import make_world
 from lens_oracle.toy.world.model import organism_vocabulary
 from lens_oracle.toy.world.tokenizer import build_tokenizer

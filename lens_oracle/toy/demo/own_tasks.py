@@ -32,8 +32,9 @@ from lens_oracle.evals.runner import run_tasks
 from lens_oracle.evals.tasks import EvalItem, EvalTask
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.positions import Indices
-from lens_oracle.toy.demo.mixture import AUDITED_QA, ORACLE_WORDS
+from lens_oracle.toy.demo.mixture import ORACLE_WORDS
 from lens_oracle.toy.demo.pipeline import load_or_train_oracle
+from lens_oracle.toy.demo.qa_components import AUDITED_QA
 from lens_oracle.toy.demo.records import demo_config
 from lens_oracle.toy.world.language import ToyWorld, make_world
 from lens_oracle.toy.world.model import load_or_pretrain

@@ -45,7 +45,8 @@ from lens_oracle.io import check_run_arguments as check_arguments
 from lens_oracle.oracle import ActivationOracle
 from lens_oracle.runner import train_oracle
 from lens_oracle.toy.demo import audit
-from lens_oracle.toy.demo.mixture import ORACLE_WORDS, build_toy_mixture, held_out_qa, mixture_group
+from lens_oracle.toy.demo.mixture import ORACLE_WORDS, build_toy_mixture, mixture_group
+from lens_oracle.toy.demo.qa_components import held_out_qa
 from lens_oracle.toy.demo.records import METHODS, DemoConfig, DemoResult, demo_config
 from lens_oracle.toy.demo.report import write_outputs
 from lens_oracle.toy.organisms import Organism, build_organisms, learned
@@ -62,7 +63,7 @@ ORACLE_STAMP = "toy_oracle.stamp.json"
 MIXTURE_SAMPLE = 240
 """Examples of the mixture sample hashed into the oracle's stamp (:func:`mixture_digest`)."""
 CURVE_ITEMS = 40
-"""Held-out examples per audited QA component scored while the oracle trains (:func:`~.mixture.held_out_qa`)."""
+"""Held-out examples per audited QA component scored while the oracle trains (:func:`~.qa_components.held_out_qa`)."""
 CURVE_POINTS = 10
 """How many times during training they are scored (and once more at the end)."""
 
