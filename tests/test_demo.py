@@ -3,7 +3,7 @@
 The quick demo (about three minutes) runs once per session from the shared toy cache and is
 checked for its outputs, its format, its taboo claim and that a second run reuses every artifact
 and writes the same ``results.json`` bytes. Its small model shows the claim on taboo only; the full
-demo (about eight minutes; ``LENS_ORACLE_FULL_DEMO=1``) must show it on every organism -- the
+demo (about ten minutes; ``LENS_ORACLE_FULL_DEMO=1``) must show it on every organism -- the
 trained oracle beats every control and baseline, and itself reading the base model, by a margin.
 """
 
@@ -151,10 +151,41 @@ def test_the_quick_oracle_learned_to_answer_in_kind(first: tuple[Path, str], res
         assert results["tasks"][task]["untrained_oracle"] == results["tasks"][task]["black_box"] == 0
 
 
+def test_the_wording_diagnostic_asks_the_held_out_items_in_the_mixtures_words(
+    first: tuple[Path, str], results: dict, cache: Path
+) -> None:
+    """``toy.demo.wording`` on the quick demo's cache (nothing retrained): each held-out kind is
+    asked its own question first -- which must give the demo's own numbers and answers, same
+    items, same reading -- and then the mixture's wordings of the same attribute."""
+    from collections import Counter
+
+    from lens_oracle.toy.demo.wording import MIXTURE_WORDINGS, wording_scores
+
+    scores = wording_scores(cache, 0, quick=True)
+    report = json.loads((first[0] / "report.json").read_text())
+    demo_answers = {
+        r["task"]: Counter(r["predictions"][0]) for r in report["results"] if r["method"] == "oracle"
+    }
+    assert list(scores) == list(HELD_OUT)
+    for kind in HELD_OUT:
+        own, *others = scores[kind]
+        assert others == list(MIXTURE_WORDINGS[kind]) and own not in others
+        row = scores[kind][own]
+        assert row["answers"] == dict(demo_answers[kind])
+        for method in METHODS:
+            assert row[method] == pytest.approx(results["tasks"][kind][method], abs=1e-5), (kind, method)
+        assert row["oracle_on_base"] == pytest.approx(results["oracle_reading_base_model"][kind], abs=1e-5)
+        for question in others:
+            assert sum(scores[kind][question]["answers"].values()) == results["n_items"][kind]
+            assert all(0.0 <= scores[kind][question][m] <= 1.0 for m in (*METHODS, "oracle_on_base"))
+            # the logit lens asks no question: rewording cannot move it
+            assert scores[kind][question]["logit_lens"] == row["logit_lens"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("LENS_ORACLE_FULL_DEMO") != "1",
-    reason="the full demo (~8 min); run with LENS_ORACLE_FULL_DEMO=1",
+    reason="the full demo (~10 min); run with LENS_ORACLE_FULL_DEMO=1",
 )
 def test_full_demo_the_oracle_beats_every_control_and_baseline(
     toy_cache: Path, tmp_path: Path
