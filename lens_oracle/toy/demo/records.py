@@ -70,7 +70,7 @@ its norm); a larger coefficient brought ``topic_qa``'s drop earlier (about 100 s
 
 
 def demo_config(quick: bool, seed: int = 0, *, on_policy: bool = False, mixture_group: str = "full") -> DemoConfig:
-    """The quick (CI, under three minutes) or full (under eight) demo settings for ``seed``;
+    """The quick (CI, about three minutes) or full (about ten) demo settings for ``seed``;
     ``on_policy``: on-policy context prediction in the oracle's mixture; ``mixture_group``: the
     whole mixture or one kind of task alone at the same size (:data:`~.mixture.MIXTURE_GROUPS`).
 
