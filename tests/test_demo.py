@@ -230,6 +230,12 @@ def test_bad_arguments_fail_early_with_our_error(tmp_path: Path, capsys) -> None
         run_demo(tmp_path / "out", quick=True, seed=2**40, cache=tmp_path / "cache")
     with pytest.raises(ConfigError, match="threads"):
         dataclasses.replace(demo_config(True), threads=0)
+    from lens_oracle.toy.demo.wording import wording_scores
+
+    for bad, message in (({"threads": 0}, "threads"), ({"mixture_group": "everything"}, "unknown mixture")):
+        with pytest.raises(ConfigError, match=message):
+            wording_scores(tmp_path / "w", 0, quick=True, **bad)
+    assert not (tmp_path / "w").exists()
     code = main(["demo", "--quick", "--out", str(blocker), "--cache", str(tmp_path / "c")])
     assert code == 2
     assert "lens-oracle: error:" in capsys.readouterr().err

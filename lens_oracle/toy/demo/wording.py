@@ -12,8 +12,8 @@ If the oracle then reads the hidden knowledge, the failure was the wording; if i
 activations it is asked about are not of a form it has learned to read. It is a diagnostic only:
 nothing here trains on the held-out items or changes the mixture.
 
-``python -m lens_oracle.toy.demo.wording --cache DIR [--seeds 0,1,2] [--mixture full,diverse]``
-reads (or builds) a demo cache: pass ``<cache>/threads-2`` for a sweep's cache.
+``python -m lens_oracle.toy.demo.wording --cache DIR [--seeds 0,1,2] [--mixture full,diverse]
+[--threads 2]`` reads (or builds) a demo cache: pass ``<cache>/threads-N`` for a sweep's cache.
 """
 
 from __future__ import annotations
@@ -66,14 +66,16 @@ def _answers(report: EvalReport, task: str) -> dict[str, int]:
 
 
 def wording_scores(
-    cache: str | Path, seed: int, *, quick: bool = False, mixture_group: str = "full", progress: bool = False,
+    cache: str | Path, seed: int, *, quick: bool = False, mixture_group: str = "full", threads: int = 2,
+    progress: bool = False,
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Kind -> question -> ``{method: accuracy}`` for each of the demo's :data:`METHODS` and
     ``"oracle_on_base"``, and ``"answers": {answer: count}`` (the oracle's), for each held-out
     organism of the demo cache at ``seed``, asked its own question first and then each of
-    :data:`MIXTURE_WORDINGS`. Artifacts missing from ``cache`` are built as the demo builds them."""
+    :data:`MIXTURE_WORDINGS`. Artifacts missing from ``cache`` are built as the demo builds them,
+    with ``threads`` torch threads (the demo's two, or a sweep's other float order)."""
     cache = Path(cache)
-    config = demo_config(quick, seed, mixture_group=mixture_group)
+    config = dataclasses.replace(demo_config(quick, seed, mixture_group=mixture_group), threads=threads)
     with torch_threads(config.threads):
         base = load_or_pretrain(cache, seed, quick, extra_words=ORACLE_WORDS, progress=progress)
         organisms = [
@@ -108,19 +110,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--mixture", default="full", help="oracle mixtures, comma-separated: full, diverse")
     parser.add_argument("--quick", action="store_true", help="the quick demo's models")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (a sweep's <cache>/threads-N)")
     args = parser.parse_args(argv)
     seeds = parse_ints(args.seeds, "--seeds")
-    print("| mixture | seed | organism | question | oracle | best control | no activation | oracle on base | oracle's answers |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| mixture | threads | seed | organism | question | oracle | best control | no activation | oracle on base | oracle's answers |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for group in args.mixture.split(","):
         for seed in seeds:
-            scores = wording_scores(args.cache, seed, quick=args.quick, mixture_group=group)
+            scores = wording_scores(args.cache, seed, quick=args.quick, mixture_group=group, threads=args.threads)
             for kind, rows in scores.items():
                 for question, row in rows.items():
                     answers = ", ".join(f"{a or '(empty)'} {n}" for a, n in list(row["answers"].items())[:3])
                     best = max(CONTROLS, key=row.__getitem__)
                     print(
-                        f"| {group} | {seed} | {kind} | {question} | {row['oracle']:.2f} | {row[best]:.2f} ({best}) | "
+                        f"| {group} | {args.threads} | {seed} | {kind} | {question} | {row['oracle']:.2f} | {row[best]:.2f} ({best}) | "
                         f"{row['ablated_zero']:.2f} | {row['oracle_on_base']:.2f} | {answers} |", flush=True,
                     )
     return 0
