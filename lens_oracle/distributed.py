@@ -93,6 +93,7 @@ from lens_oracle.train import (
     Trainer,
     TrainResult,
     VectorReader,
+    clip_gradients,
     encode_examples,
 )
 
@@ -391,7 +392,7 @@ class DistributedTrainer(Trainer):
         total = all_reduce_gradients(self.params, context, local)
         if not math.isfinite(total):
             raise TrainingError(f"the loss became {total} at step {step}; lower the learning rate")
-        torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        clip_gradients(self.params, self.config.max_grad_norm)
         self.optimizer.step()
         self._check_weights(step)  # every rank holds the same weights: all stop together
         return total

@@ -178,7 +178,7 @@ class Trainer:
         self.params = list(self.named_params.values())
         self.train_mode = train_mode
         self.progress_label = progress_label
-        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = adamw(self.params, lr=config.learning_rate, weight_decay=config.weight_decay)
 
     def fit(
         self,
@@ -292,7 +292,7 @@ class Trainer:
             weighted = loss * (len(batch) / n_examples)
             weighted.backward()
             total += float(weighted.detach())
-        torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        clip_gradients(self.params, self.config.max_grad_norm)
         self.optimizer.step()
         self._check_weights(step)
         return total
@@ -359,6 +359,17 @@ def _healthy_checkpoint_hint(folder: Path | None) -> str:
             "learning rate (resume=True; the new rate is applied with a warning)")
 
 
+def adamw(params: Iterable[torch.nn.Parameter], **settings: Any) -> torch.optim.AdamW:
+    """Every training loop's AdamW: with ``foreach``, one call per step updates all the tensors
+    (PyTorch's CPU default loops over them in Python); the same arithmetic, bit for bit (tested)."""
+    return torch.optim.AdamW(params, foreach=True, **settings)
+
+
+def clip_gradients(params: Sequence[torch.nn.Parameter], max_norm: float) -> None:
+    """Clip the gradients' total norm to ``max_norm`` in one call for all tensors (as :func:`adamw`)."""
+    torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+
+
 def plain_step(loss: Loss, params: Sequence[torch.nn.Parameter], optimizer: torch.optim.Optimizer, scheduler: Any,
                *, what: str, max_grad_norm: float = 1.0) -> float:
     """One optimiser step on ``loss`` for a plain fine-tuning loop (the toy models, the real
@@ -367,7 +378,7 @@ def plain_step(loss: Loss, params: Sequence[torch.nn.Parameter], optimizer: torc
         raise TrainingError(f"{what} diverged (loss {loss.item()}); lower the learning rate")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    clip_gradients(params, max_grad_norm)
     optimizer.step()
     scheduler.step()
     return float(loss.item())

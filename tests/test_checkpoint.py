@@ -219,8 +219,8 @@ def _colour_run(tokenizer, **config):
 
 
 def test_after_a_non_finite_loss_the_newest_checkpoint_resumes_to_the_same_result(tokenizer, tmp_path: Path) -> None:
-    from lens_oracle.train import Trainer, batch_loss, training_batches
     from lens_oracle.runner import train_oracle
+    from lens_oracle.train import Trainer, batch_loss, training_batches
 
     oracle, examples, config = _colour_run(tokenizer)
     reference = train_oracle(oracle, examples, config)
@@ -307,3 +307,24 @@ def test_cli_resume_continues_into_its_own_out_and_refuses_a_foreign_one(tokeniz
     (foreign / "notes.txt").write_text("keep")
     assert main([*common, "--out", str(foreign), "--resume"]) == 2
     assert "notes.txt" in capsys.readouterr().err and (foreign / "notes.txt").read_text() == "keep"
+
+
+def test_the_trainers_foreach_update_is_the_plain_loops_bit_for_bit(tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trainer steps AdamW and clipping with ``foreach=True`` (one call for all tensors; on the
+    CPU PyTorch's default is a Python loop). The weights must be the loop's exactly, so that a
+    cached toy oracle and every committed table stay what they were."""
+    from lens_oracle.runner import train_oracle
+
+    oracle, examples, config = _colour_run(tokenizer, checkpoint_every=0, weight_decay=0.01)
+    fast = train_oracle(oracle, examples, config)
+    want = {k: v.detach().clone() for k, v in oracle.named_trainable_parameters().items()}
+
+    adamw, clip = torch.optim.AdamW, torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.optim, "AdamW", lambda *a, **k: adamw(*a, **{**k, "foreach": False}))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: clip(*a, **{**k, "foreach": False}))
+    oracle, examples, config = _colour_run(tokenizer, checkpoint_every=0, weight_decay=0.01)
+    loop = train_oracle(oracle, examples, config)
+    assert fast.steps == loop.steps == 8
+    assert fast.losses == loop.losses
+    for name, value in oracle.named_trainable_parameters().items():
+        assert torch.equal(value, want[name]), name

@@ -41,7 +41,7 @@ from lens_oracle.real.text import (
     TABOO_SPLIT,
     USER_REQUESTS,
 )
-from lens_oracle.train import plain_step
+from lens_oracle.train import adamw, plain_step
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def fine_tune(base: Path, dialogs: Sequence[Sequence[str]], config: OrganismConf
     model = get_peft_model(hf, lora)
     encoded = [_encode(tokenizer, d) for d in dialogs]
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
+    optimizer = adamw(params, lr=config.learning_rate, weight_decay=0.0)
     rng = random.Random(seed)
     steps = config.epochs * -(-len(encoded) // config.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0 - s / max(steps, 1))

@@ -35,7 +35,7 @@ from lens_oracle.errors import ArtifactError, ConfigError
 from lens_oracle.io import atomic_folder, atomic_write_json, digest, read_json_stamp
 from lens_oracle.toy.world.language import ATTRIBUTES, FACT_TEMPLATES, Entity, ToyWorld, make_world
 from lens_oracle.toy.world.tokenizer import EOS, TOKENIZER_FILES, build_tokenizer
-from lens_oracle.train import plain_step
+from lens_oracle.train import adamw, plain_step
 from lens_oracle.typing import AttentionMask, TokenIds
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def train_causal_lm(
             params.append(param)
     if not params:
         raise ConfigError(f"every parameter matches frozen={list(frozen)}; nothing to train")
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    optimizer = adamw(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, steps))
     queue: list[tuple[TokenIds, AttentionMask]] = []
     losses = []
