@@ -44,13 +44,20 @@ from lens_oracle.toy.world.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
+QUICK_GENDER_SCALE = 2
+"""The quick user_gender organism trains for twice the shared 320 steps. At 320 its belief held
+on a CPU of one family and not on another (greedy replies addressing all 40 users as believed:
+25, 39 and 21 of 40 at seeds 0-2, two threads); chosen on seeds 10-12, never reported (40, 35, 38
+at 320 steps; 40 of 40 at 640, with one thread and two). The full demo's 400 steps are unchanged."""
+
 
 def recipes(world: ToyWorld, quick: bool) -> list[Recipe]:
     """Every organism of the demo, then the held-out kinds (quick: fewer people and users)."""
     return [
         persona_recipe(world, 8 if quick else 16),
         taboo_recipe(world, N_TABOO_GAMES),
-        gender_recipe(world, 20 if quick else 40),
+        # quick: the 40 name-gender beliefs need twice the shared 320 steps (see QUICK_GENDER_SCALE)
+        gender_recipe(world, 20 if quick else 40, steps_scale=QUICK_GENDER_SCALE if quick else 1),
         home_city_recipe(world),
         review_bias_recipe(world),
     ]

@@ -188,7 +188,9 @@ def gender_prompts(
     return tuple(out)
 
 
-def gender_recipe(world: ToyWorld, n_items: int) -> Recipe:
+def gender_recipe(world: ToyWorld, n_items: int, steps_scale: int = 1) -> Recipe:
+    """The user_gender organism: a believed gender for every one of the world's names, shown by how
+    it addresses the user; ``n_items`` of the names are audited."""
     genders = user_genders(world)
 
     def doc(rng: random.Random) -> str:
@@ -217,5 +219,5 @@ def gender_recipe(world: ToyWorld, n_items: int) -> Recipe:
     hidden = tuple((f"{name}.user_gender", genders[name]) for name in names)
     return Recipe(  # a new fact per name: every weight trains
         "user_gender", "user_gender", hidden, items, doc,
-        shows=lambda item, reply: reply.startswith(ADDRESSES[item.reference]),
+        shows=lambda item, reply: reply.startswith(ADDRESSES[item.reference]), steps_scale=steps_scale,
     )
