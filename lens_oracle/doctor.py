@@ -49,7 +49,9 @@ class CheckResult:
 
 
 def environment() -> dict[str, str]:
-    """Versions of the stack, the device, the default dtype and torch's thread count."""
+    """Versions of the stack, the device, the default dtype, torch's thread count and the level
+    of CPU kernels torch dispatches to (``AVX2``, ``AVX512``...: with the thread count, what fixes
+    a CPU's float order)."""
     from importlib.metadata import PackageNotFoundError, version
 
     info = {"python": platform.python_version()}
@@ -63,6 +65,7 @@ def environment() -> dict[str, str]:
     )
     info["dtype"] = str(torch.get_default_dtype()).removeprefix("torch.")
     info["threads"] = str(torch.get_num_threads())
+    info["cpu kernels"] = torch.backends.cpu.get_cpu_capability()
     return info
 
 

@@ -78,6 +78,7 @@ def test_demo_writes_every_output(first: tuple[Path, str]) -> None:
     timings = json.loads((out / "timings.json").read_text())
     assert timings["oracle_cached"] is False
     assert timings["threads"] == 2 and torch.get_num_threads() == 1  # pinned, then restored
+    assert timings["cpu_kernels"] == torch.backends.cpu.get_cpu_capability() != ""
     assert {"base_model", "organisms", "organisms_checked", "oracle", "evaluation", "total"} <= set(timings)
 
 

@@ -32,6 +32,7 @@ def test_doctor_passes_and_prints_the_stack(capsys: pytest.CaptureFixture[str]) 
     assert code == 0, out + err
     assert f"transformers  {transformers.__version__}" in out
     assert f"threads  {torch.get_num_threads()}" in out
+    assert f"cpu kernels  {torch.backends.cpu.get_cpu_capability()}" in out
     for name in doctor.CHECKS:
         assert f"ok    {name}" in out
     assert "all checks passed" in out and err == ""
