@@ -56,7 +56,6 @@ def recipes(world: ToyWorld, quick: bool) -> list[Recipe]:
     return [
         persona_recipe(world, 8 if quick else 16),
         taboo_recipe(world, N_TABOO_GAMES),
-        # quick: the 40 name-gender beliefs need twice the shared 320 steps (see QUICK_GENDER_SCALE)
         gender_recipe(world, 20 if quick else 40, steps_scale=QUICK_GENDER_SCALE if quick else 1),
         home_city_recipe(world),
         review_bias_recipe(world),
