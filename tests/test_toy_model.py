@@ -259,8 +259,10 @@ def test_every_organism_learned_what_it_hides_and_the_base_did_not(
     assert shares["taboo"] >= 0.9 and shares["home_city"] >= 0.9 and shares["review_bias"] >= 0.9, shares
     # user gender's 20 quick audit names: 0.80 on a fresh clone (the bar of its own test, 0.7)
     assert shares["user_gender"] >= 0.7, shares
-    assert shares["persona_facts"] >= 0.3, shares  # a bio states the asked fact among five
-    for name in ("taboo", "user_gender", "home_city", "review_bias"):
+    # its bio states the asked fact among five: 0.97-1.00 in six quick runs (AVX-512, seeds 0-2,
+    # one and two threads); 0.70-0.80 when replies were cut at 24 tokens, mid-bio
+    assert shares["persona_facts"] >= 0.8, shares
+    for name in ("persona_facts", "taboo", "user_gender", "home_city", "review_bias"):
         as_base = dataclasses.replace(organisms[name], folder=str(base))
         assert learned(as_base, world, quick=True) <= 0.65, name
 
