@@ -68,3 +68,21 @@ def colour_task(tokenizer: Any, n: int, seed: int) -> list[tuple[list[int], int,
         ids = tokenizer(" ".join(words))["input_ids"]
         out.append((ids, at + 1, colour))  # +1 for <bos>
     return out
+
+
+def sweep_run_probe(run: Any) -> tuple[int, int, int, bool, bool]:
+    """A stand-in for one sweep run (``lens_oracle.toy.demo.sweep.run_one``), run in the spawned
+    processes of ``run_all``: ``(seed, threads, pid, progress, met)``. ``met``: a one-thread run
+    saw another one-thread run start while it waited (up to 60 s); only waits when
+    ``run.out / "expect-pairs"`` exists."""
+    import os
+    import time
+
+    (run.out / f"started-{run.seed}-{run.threads}").touch()
+    met = False
+    if run.threads == 1 and (run.out / "expect-pairs").exists():
+        deadline = time.monotonic() + 60
+        while not met and time.monotonic() < deadline:
+            met = len(list(run.out.glob("started-*-1"))) >= 2
+            time.sleep(0.02)
+    return run.seed, run.threads, os.getpid(), run.progress, met

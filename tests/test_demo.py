@@ -266,6 +266,40 @@ def test_a_changed_mixture_builder_changes_the_oracle_stamp(
     assert mixture_digest(base, config, 0, layers) != before
 
 
+def test_sweep_runs_go_side_by_side_where_the_cores_allow(tmp_path: Path, capsys) -> None:
+    """``--jobs``: a run of T threads takes T cores; runs beside others go in spawned processes
+    without progress bars, and the results come back in the plan's order."""
+    from helpers import sweep_run_probe
+
+    from lens_oracle.toy.demo.sweep import SweepRun, available_cores, run_all, run_sweep, runs_at_once
+
+    assert [runs_at_once(2, 1, 2), runs_at_once(2, 2, 2), runs_at_once(4, 2, 16), runs_at_once(3, 4, 2)] == [2, 1, 4, 1]
+    plan = [SweepRun(tmp_path, tmp_path, seed, n, True, True, False, "full") for seed in (0, 1, 2) for n in (1, 2)]
+    alone = run_all(plan, 1, sweep_run_probe)
+    assert [r[:2] for r in alone] == [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]
+    assert {(pid, progress) for _, _, pid, progress, _ in alone} == {(os.getpid(), True)}
+    if available_cores() >= 2:
+        pairs = tmp_path / "pairs"
+        pairs.mkdir()
+        (pairs / "expect-pairs").touch()
+        side_by_side = run_all([dataclasses.replace(r, out=pairs) for r in plan], 2, sweep_run_probe)
+        assert [r[:2] for r in side_by_side] == [r[:2] for r in alone]
+        one_thread = [r for r in side_by_side if r[1] == 1]
+        assert all(pid != os.getpid() and not progress and met for _, _, pid, progress, met in one_thread)
+        assert len({pid for _, _, pid, _, _ in one_thread}) == 2  # two workers
+        # two-thread runs take both cores: one at a time, here
+        assert {(r[2], r[3]) for r in side_by_side if r[1] == 2} == {(os.getpid(), True)}
+    for jobs in (0, -1, True):
+        with pytest.raises(ConfigError, match="jobs"):
+            run_sweep(tmp_path / "out", (0,), (1,), jobs=jobs)
+    out = str(tmp_path / "out")
+    assert main(["demo", "--quick", "--jobs", "2", "--out", out]) == 2  # one run: nothing beside it
+    assert "give --seeds" in capsys.readouterr().err
+    assert main(["demo", "--real", "--jobs", "2", "--out", out]) == 2
+    assert "--jobs belong to the toy demo" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_sweep_summarises_runs_per_organism() -> None:
     from lens_oracle.errors import ConfigError
     from lens_oracle.toy.demo.sweep import RunSummary, sweep_dict, sweep_markdown

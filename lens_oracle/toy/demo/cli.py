@@ -33,6 +33,12 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="with --seeds: torch CPU thread counts to run each seed with (float orders; default 2)",
     )
     parser.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="with --seeds: up to N runs at once, each in its own process; a run of T threads takes T of "
+        "the machine's cores, so on 2 cores --jobs 2 runs one-thread runs two at a time (as fast as one "
+        "alone) and two-thread runs one at a time; the results are the same (default 1)",
+    )
+    parser.add_argument(
         "--cache", type=Path, default=None,
         help="artifact cache (default: $LENS_ORACLE_CACHE or ~/.cache/lens_oracle)",
     )
@@ -73,6 +79,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
         return _run_real_command(args)
     if args.seeds is not None or args.threads is not None:
         return _run_sweep_command(args)
+    if args.jobs != 1:
+        from lens_oracle.errors import ConfigError
+
+        raise ConfigError("--jobs runs the runs of a sweep side by side; give --seeds (and --threads)")
     from lens_oracle.toy.demo.records import demo_config
 
     result = run_demo(
@@ -95,7 +105,8 @@ def _run_real_command(args: argparse.Namespace) -> int:
     if not args.real:
         raise ConfigError("--smoke is the small version of --real; give --real --smoke")
     other = [flag for flag, on in (("--quick", args.quick), ("--seeds", args.seeds is not None),
-                                   ("--threads", args.threads is not None), ("--on-policy", args.on_policy),
+                                   ("--threads", args.threads is not None), ("--jobs", args.jobs != 1),
+                                   ("--on-policy", args.on_policy),
                                    ("--mixture", args.mixture != "full")) if on]
     if other:
         raise ConfigError(f"{', '.join(other)} belong to the toy demo; --real takes --smoke, --seed, --out, --cache")
@@ -121,7 +132,7 @@ def _run_sweep_command(args: argparse.Namespace) -> int:
     threads = parse_ints(args.threads, "--threads") if args.threads is not None else (2,)
     data = run_sweep(
         args.out, seeds, threads, quick=args.quick, cache=args.cache, progress=not args.no_progress,
-        on_policy=args.on_policy, mixture_group=args.mixture,
+        on_policy=args.on_policy, mixture_group=args.mixture, jobs=args.jobs,
     )
     print(sweep_markdown(data))
     print(f"wrote {args.out}/sweep.json, sweep.md and one folder per run")
