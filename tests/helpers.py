@@ -70,13 +70,15 @@ def colour_task(tokenizer: Any, n: int, seed: int) -> list[tuple[list[int], int,
     return out
 
 
-def sweep_run_probe(run: Any) -> tuple[int, int, int, bool, bool]:
+def sweep_run_probe(run: Any) -> tuple[int, int, int, bool, bool, bool]:
     """A stand-in for one sweep run (``lens_oracle.toy.demo.sweep.run_one``), run in the spawned
-    processes of ``run_all``: ``(seed, threads, pid, progress, met)``. ``met``: a one-thread run
-    saw another one-thread run start while it waited (up to 60 s); only waits when
-    ``run.out / "expect-pairs"`` exists."""
+    processes of ``run_all``: ``(seed, threads, pid, progress, met, hf_bars)``. ``met``: a
+    one-thread run saw another one-thread run start while it waited (up to 60 s); only waits when
+    ``run.out / "expect-pairs"`` exists. ``hf_bars``: Hugging Face's loading bars are on."""
     import os
     import time
+
+    from transformers.utils import logging as hf_logging
 
     (run.out / f"started-{run.seed}-{run.threads}").touch()
     met = False
@@ -85,4 +87,4 @@ def sweep_run_probe(run: Any) -> tuple[int, int, int, bool, bool]:
         while not met and time.monotonic() < deadline:
             met = len(list(run.out.glob("started-*-1"))) >= 2
             time.sleep(0.02)
-    return run.seed, run.threads, os.getpid(), run.progress, met
+    return run.seed, run.threads, os.getpid(), run.progress, met, hf_logging.is_progress_bar_enabled()

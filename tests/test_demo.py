@@ -277,7 +277,7 @@ def test_sweep_runs_go_side_by_side_where_the_cores_allow(tmp_path: Path, capsys
     plan = [SweepRun(tmp_path, tmp_path, seed, n, True, True, False, "full") for seed in (0, 1, 2) for n in (1, 2)]
     alone = run_all(plan, 1, sweep_run_probe)
     assert [r[:2] for r in alone] == [(0, 1), (0, 2), (1, 1), (1, 2), (2, 1), (2, 2)]
-    assert {(pid, progress) for _, _, pid, progress, _ in alone} == {(os.getpid(), True)}
+    assert {(pid, progress) for _, _, pid, progress, _, _ in alone} == {(os.getpid(), True)}
     if available_cores() >= 2:
         pairs = tmp_path / "pairs"
         pairs.mkdir()
@@ -285,8 +285,10 @@ def test_sweep_runs_go_side_by_side_where_the_cores_allow(tmp_path: Path, capsys
         side_by_side = run_all([dataclasses.replace(r, out=pairs) for r in plan], 2, sweep_run_probe)
         assert [r[:2] for r in side_by_side] == [r[:2] for r in alone]
         one_thread = [r for r in side_by_side if r[1] == 1]
-        assert all(pid != os.getpid() and not progress and met for _, _, pid, progress, met in one_thread)
-        assert len({pid for _, _, pid, _, _ in one_thread}) == 2  # two workers
+        assert all(
+            pid != os.getpid() and not progress and met and not bars for _, _, pid, progress, met, bars in one_thread
+        )
+        assert len({r[2] for r in one_thread}) == 2  # two workers
         # two-thread runs take both cores: one at a time, here
         assert {(r[2], r[3]) for r in side_by_side if r[1] == 2} == {(os.getpid(), True)}
     for jobs in (0, -1, True):

@@ -214,6 +214,13 @@ def runs_at_once(jobs: int, threads: int, cores: int) -> int:
     return max(1, min(jobs, cores // threads))
 
 
+def _quiet_worker() -> None:
+    """A spawned run's process shows no Hugging Face bar per checkpoint load, as the CLI does."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def run_all(runs: Sequence[SweepRun], jobs: int, run: Callable[[SweepRun], T]) -> list[T]:
     """``run`` over ``runs``, results in their order. ``jobs`` 1: one after another, here. Else each
     thread count's runs go :func:`runs_at_once` at a time, in spawned processes (without progress
@@ -231,7 +238,7 @@ def run_all(runs: Sequence[SweepRun], jobs: int, run: Callable[[SweepRun], T]) -
             continue
         log.info("%d runs of %d thread(s), %d at a time", len(group), threads, width)
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=width, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=width, mp_context=context, initializer=_quiet_worker) as pool:
             futures = {i: pool.submit(run, dataclasses.replace(runs[i], progress=False)) for i in group}
             try:
                 for i, future in futures.items():
