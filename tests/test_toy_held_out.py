@@ -157,3 +157,27 @@ def test_the_leave_one_group_out_probe_reads_a_shared_direction_and_only_that() 
     assert leave_one_group_out(identity, labels, groups) <= 0.5
     with pytest.raises(ConfigError, match="at least two groups"):
         leave_one_group_out(shared, labels, ["one"] * 30)
+
+
+def test_the_persona_probe_reads_classes_it_was_trained_on_in_new_rows() -> None:
+    """``ridge_classify`` (the persona probe): one-against-the-rest ridge, argmax over classes."""
+    import torch
+
+    from lens_oracle.toy.organisms.probe import ridge_classify
+
+    generator = torch.Generator().manual_seed(0)
+    cities = ["paris", "lima", "oslo", "rome"]
+    centres = 4 * torch.randn(4, 16, generator=generator)
+    labels = [cities[i % 4] for i in range(40)]
+    train = centres[torch.arange(40) % 4] + torch.randn(40, 16, generator=generator)
+    test = centres[torch.arange(16) % 4] + torch.randn(16, 16, generator=generator)
+    assert ridge_classify(train, labels, test) == [cities[i % 4] for i in range(16)]
+    # rows that carry no label: new rows are read at about chance (0.25), not better
+    drawn = torch.randint(0, 4, (440,), generator=generator).tolist()
+    noise = torch.randn(440, 16, generator=generator)
+    guesses = ridge_classify(noise[:40], [cities[i] for i in drawn[:40]], noise[40:])
+    assert sum(g == cities[i] for g, i in zip(guesses, drawn[40:])) / 400 < 0.35
+    with pytest.raises(ConfigError, match="at least two labels"):
+        ridge_classify(train, ["paris"] * 40, test)
+    with pytest.raises(ConfigError, match="one label per training row"):
+        ridge_classify(train, labels[:-1], test)
