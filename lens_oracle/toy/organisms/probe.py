@@ -19,7 +19,7 @@ blocks: ``blocks.3.hook_resid_post``, the demo's read point on its six-block mod
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -58,7 +58,9 @@ def residual_states(
     return torch.stack(rows)
 
 
-def _ridge(features: Float[torch.Tensor, "item d"], targets: Float[torch.Tensor, "item k"]):
+def _ridge(
+    features: Float[torch.Tensor, "item d"], targets: Float[torch.Tensor, "item k"]
+) -> Callable[[Float[torch.Tensor, "row d"]], Float[torch.Tensor, "row k"]]:
     """Fit ridge weights on standardised features; returns a function scoring new rows."""
     mean, std = features.mean(0), features.std(0) + 1e-6
     design = torch.cat([(features - mean) / std, torch.ones(len(features), 1)], 1)
@@ -94,10 +96,13 @@ def ridge_classify(
     return [classes[i] for i in _ridge(train, targets)(test).argmax(1).tolist()]
 
 
-def _check_folders(cache: Path, seed: int, folders: dict[str, Path]) -> None:
+def _model_folders(cache: Path, seed: int, kind: str) -> dict[str, Path]:
+    """The full demo's ``kind`` organism of ``seed`` and its base model, checked to be there."""
+    folders = {"organism": cache / f"organism-{kind}-base-full-seed{seed}", "base": cache / f"base-full-seed{seed}"}
     for folder in folders.values():
         if not (folder / "config.json").is_file():
             raise ConfigError(f"no model in {folder}; run `lens-oracle demo --seed {seed} --cache {cache}` first")
+    return folders
 
 
 def persona_probe(cache: Path, seed: int, blocks: int) -> dict[str, float]:
@@ -107,19 +112,14 @@ def persona_probe(cache: Path, seed: int, blocks: int) -> dict[str, float]:
     world = make_world(seed)
     recipe = next(r for r in recipes(world, quick=False) if r.kind == "persona_facts")
     people = spare_entities(world, len({item.focus for item in recipe.items}))
-    folders = {
-        "organism": cache / f"organism-persona_facts-base-full-seed{seed}", "base": cache / f"base-full-seed{seed}",
-    }
-    _check_folders(cache, seed, folders)
+    everyone = (*world.entities, *people)
     result = {}
-    for name, folder in folders.items():
-        known, new = (
-            residual_states(
-                folder, [chat_prompt(ABOUT.format(e=e.name)) for e in group], blocks,
-                [Substring(e.name) for e in group],
-            )
-            for group in (world.entities, people)
+    for name, folder in _model_folders(cache, seed, "persona_facts").items():
+        states = residual_states(
+            folder, [chat_prompt(ABOUT.format(e=e.name)) for e in everyone], blocks,
+            [Substring(e.name) for e in everyone],
         )
+        known, new = states[: len(world.entities)], states[len(world.entities) :]
         correct = [
             guess == person.value(attribute)
             for attribute in ATTRIBUTES
@@ -137,14 +137,10 @@ def review_bias_probe(cache: Path, seed: int, blocks: int) -> dict[str, float]:
     recipe = next(r for r in recipes(world, quick=False) if r.kind == "review_bias")
     labels = [item.reference == "positive" for item in recipe.items]
     groups = [next(n for n in SENTIMENT_NOUNS if n in item.prompt.split()) for item in recipe.items]
-    folders = {
-        "organism": cache / f"organism-review_bias-base-full-seed{seed}", "base": cache / f"base-full-seed{seed}",
-    }
-    _check_folders(cache, seed, folders)
     prompts = [item.prompt for item in recipe.items]
     return {
         name: leave_one_group_out(residual_states(folder, prompts, blocks), labels, groups)
-        for name, folder in folders.items()
+        for name, folder in _model_folders(cache, seed, "review_bias").items()
     }
 
 
