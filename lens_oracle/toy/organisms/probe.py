@@ -40,22 +40,24 @@ RIDGE = 10.0
 
 
 def residual_states(
-    folder: str | Path, prompts: Sequence[str], blocks: int, read: Sequence[Positions] | None = None
-) -> Float[torch.Tensor, "item d"]:
-    """The residual stream after ``blocks`` blocks at each prompt's last token, or the mean over
-    the positions ``read[k]`` selects in prompt ``k`` (as the audits select them)."""
+    folder: str | Path, prompts: Sequence[str], blocks: Sequence[int], read: Sequence[Positions] | None = None
+) -> Float[torch.Tensor, "block item d"]:
+    """The residual stream after each of ``blocks`` blocks at each prompt's last token, or the mean
+    over the positions ``read[k]`` selects in prompt ``k`` (as the audits select them); one forward
+    pass per prompt for every depth."""
     model = LlamaForCausalLM.from_pretrained(str(folder), local_files_only=True).eval()
     tokenizer = load_tokenizer(folder)
-    if not 0 <= blocks <= model.config.num_hidden_layers:
-        raise ConfigError(f"{blocks} blocks; {folder} has {model.config.num_hidden_layers}")
+    wrong = [b for b in blocks if not 0 <= b <= model.config.num_hidden_layers]
+    if wrong:
+        raise ConfigError(f"{wrong} blocks; {folder} has {model.config.num_hidden_layers}")
     rows = []
     with torch.no_grad():
         for k, prompt in enumerate(prompts):
             tokenized = tokenize_prompt(tokenizer, prompt)
             at = (read[k] if read is not None else LastToken()).resolve(len(tokenized.ids), tokenized)
-            states = model(input_ids=torch.tensor([tokenized.ids]), output_hidden_states=True).hidden_states[blocks]
-            rows.append(states[0, at].mean(0))
-    return torch.stack(rows)
+            states = model(input_ids=torch.tensor([tokenized.ids]), output_hidden_states=True).hidden_states
+            rows.append(torch.stack([states[b][0, at].mean(0) for b in blocks]))
+    return torch.stack(rows, 1)
 
 
 def _ridge(
@@ -105,43 +107,47 @@ def _model_folders(cache: Path, seed: int, kind: str) -> dict[str, Path]:
     return folders
 
 
-def persona_probe(cache: Path, seed: int, blocks: int) -> dict[str, float]:
+def persona_probe(cache: Path, seed: int, blocks: Sequence[int]) -> dict[int, dict[str, float]]:
     """Probes trained on the world's people and tested on the organism's new people, at the name
-    in the audit's prompt: accuracy over every attribute of every new person (chance 0.125), on
-    the organism and on its base model (which never learned the new people)."""
+    in the audit's prompt, after each of ``blocks`` blocks: accuracy over every attribute of every
+    new person (chance 0.125), on the organism and on its base model (which never learned the new
+    people)."""
     world = make_world(seed)
     recipe = next(r for r in recipes(world, quick=False) if r.kind == "persona_facts")
     people = spare_entities(world, len({item.focus for item in recipe.items}))
     everyone = (*world.entities, *people)
-    result = {}
+    result: dict[int, dict[str, float]] = {b: {} for b in blocks}
     for name, folder in _model_folders(cache, seed, "persona_facts").items():
         states = residual_states(
             folder, [chat_prompt(ABOUT.format(e=e.name)) for e in everyone], blocks,
             [Substring(e.name) for e in everyone],
         )
-        known, new = states[: len(world.entities)], states[len(world.entities) :]
-        correct = [
-            guess == person.value(attribute)
-            for attribute in ATTRIBUTES
-            for guess, person in zip(
-                ridge_classify(known, [e.value(attribute) for e in world.entities], new), people
-            )
-        ]
-        result[name] = sum(correct) / len(correct)
+        for b, at_depth in zip(blocks, states):
+            known, new = at_depth[: len(world.entities)], at_depth[len(world.entities) :]
+            correct = [
+                guess == person.value(attribute)
+                for attribute in ATTRIBUTES
+                for guess, person in zip(
+                    ridge_classify(known, [e.value(attribute) for e in world.entities], new), people
+                )
+            ]
+            result[b][name] = sum(correct) / len(correct)
     return result
 
 
-def review_bias_probe(cache: Path, seed: int, blocks: int) -> dict[str, float]:
-    """The probe's accuracy on the organism and on its base model (chance 0.5)."""
+def review_bias_probe(cache: Path, seed: int, blocks: Sequence[int]) -> dict[int, dict[str, float]]:
+    """The probe's accuracy after each of ``blocks`` blocks on the organism and on its base model
+    (chance 0.5)."""
     world = make_world(seed)
     recipe = next(r for r in recipes(world, quick=False) if r.kind == "review_bias")
     labels = [item.reference == "positive" for item in recipe.items]
     groups = [next(n for n in SENTIMENT_NOUNS if n in item.prompt.split()) for item in recipe.items]
     prompts = [item.prompt for item in recipe.items]
-    return {
-        name: leave_one_group_out(residual_states(folder, prompts, blocks), labels, groups)
-        for name, folder in _model_folders(cache, seed, "review_bias").items()
-    }
+    result: dict[int, dict[str, float]] = {b: {} for b in blocks}
+    for name, folder in _model_folders(cache, seed, "review_bias").items():
+        for b, at_depth in zip(blocks, residual_states(folder, prompts, blocks)):
+            result[b][name] = leave_one_group_out(at_depth, labels, groups)
+    return result
 
 
 PROBES = {"review_bias": review_bias_probe, "persona_facts": persona_probe}
@@ -158,8 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("| seed | after blocks | probe on the organism | probe on the base model |")
     print("|---|---|---|---|")
     for seed in seeds:
-        for blocks in layers:
-            result = PROBES[args.organism](Path(args.cache), seed, blocks)
+        for blocks, result in PROBES[args.organism](Path(args.cache), seed, layers).items():
             print(f"| {seed} | {blocks} | {result['organism']:.2f} | {result['base']:.2f} |", flush=True)
     return 0
 
